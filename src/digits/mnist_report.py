@@ -1,0 +1,148 @@
+"""The MNIST study's report files: the Table 1 layout, metrics JSON, learning curve and figures.
+
+Everything here is a pure function of results already computed; the flow calls `write_mnist_report`
+once, at the end of a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from digits.metrics import ClassificationMetrics, confusion_matrix_figure  # noqa: E402
+
+# Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
+ORIGINAL_TABLE1: dict[tuple[str, int], float] = {
+    ("relu", 32): 0.9259, ("relu", 64): 0.9368, ("relu", 128): 0.9451, ("relu", 256): 0.9519,
+    ("tanh", 32): 0.9215, ("tanh", 64): 0.9302, ("tanh", 128): 0.9357, ("tanh", 256): 0.9377,
+    ("sigmoid", 32): 0.9059, ("sigmoid", 64): 0.9145, ("sigmoid", 128): 0.9197,
+    ("sigmoid", 256): 0.9228,
+}  # fmt: skip
+ORIGINAL_TEST_ACCURACY = 0.966
+
+
+def tuning_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per completed configuration, best first.
+
+    Args:
+        trials: dicts with `name`, `activation`, `width`, `depth`, `lr`, `batch_size`, `dropout`,
+            `epochs` and `fold_accuracies` (list of floats).
+
+    Returns:
+        Columns: cell, activation, width, ..., mean_cv_accuracy, std_cv_accuracy, fold_k columns,
+        original_cv_accuracy (NaN outside Table 1) and beats_original.
+    """
+    rows = []
+    for trial in trials:
+        folds = np.asarray(trial["fold_accuracies"], dtype=float)
+        original = ORIGINAL_TABLE1.get((trial["activation"], int(trial["width"])), np.nan)
+        row = {key: trial[key] for key in ("activation", "width", "depth", "lr", "batch_size",
+                                            "dropout", "epochs")}  # fmt: skip
+        row = {"cell": trial["name"], **row}
+        row["mean_cv_accuracy"] = float(folds.mean())
+        row["std_cv_accuracy"] = float(folds.std(ddof=1)) if len(folds) > 1 else 0.0
+        for k, value in enumerate(folds):
+            row[f"fold_{k}"] = float(value)
+        row["original_cv_accuracy"] = original
+        row["beats_original"] = bool(np.isfinite(original) and row["mean_cv_accuracy"] > original)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("mean_cv_accuracy", ascending=False, ignore_index=True)
+
+
+def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
+    """Mean CV accuracy per cell (with fold spread) against the original study's Table 1."""
+    ordered = table.sort_values(["activation", "width"], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.35 * len(ordered) + 1)))
+    y = np.arange(len(ordered))
+    ax.barh(y, ordered["mean_cv_accuracy"], xerr=ordered["std_cv_accuracy"], color="tab:blue",
+            alpha=0.8, label="this project (mean ± std over folds)")  # fmt: skip
+    has_original = ordered["original_cv_accuracy"].notna()
+    ax.scatter(ordered.loc[has_original, "original_cv_accuracy"], y[has_original.to_numpy()],
+               color="tab:red", marker="|", s=300, linewidths=3, label="original study",
+               zorder=3)  # fmt: skip
+    ax.set_yticks(y, ordered["cell"])
+    low = float(np.nanmin([ordered["mean_cv_accuracy"].min(), ordered["original_cv_accuracy"].min()]))
+    ax.set_xlim(max(0.0, low - 0.02), 1.0)
+    ax.set_xlabel("mean cross-validation accuracy")
+    ax.set_title("MNIST dense network: CV accuracy per configuration")
+    ax.legend(loc="lower left")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _learning_curve_figure(history: Sequence[Mapping[str, float]]) -> plt.Figure:
+    frame = pd.DataFrame(history)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="Final model: loss")
+    acc_ax.plot(frame["epoch"], frame["train_accuracy"], marker="o", label="train")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Final model: accuracy")
+    acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_mnist_report(
+    out_dir: Path,
+    table: pd.DataFrame,
+    best: Mapping[str, Any],
+    test_metrics: ClassificationMetrics,
+    history: Sequence[Mapping[str, float]],
+    summary: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write tuning.csv, metrics.json, learning_curve.csv and figures/ under `out_dir`.
+
+    Returns:
+        The written paths by role.
+    """
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "tuning": out_dir / "tuning.csv",
+        "metrics": out_dir / "metrics.json",
+        "learning_curve": out_dir / "learning_curve.csv",
+        "comparison": figures / "cv_accuracy.png",
+        "confusion": figures / "confusion_matrix.png",
+        "curves": figures / "learning_curve.png",
+    }
+    table.to_csv(paths["tuning"], index=False)
+    pd.DataFrame(history).to_csv(paths["learning_curve"], index=False)
+    metrics = {
+        "best": dict(best),
+        "test": {
+            "accuracy": test_metrics.accuracy,
+            "precision": test_metrics.precision_macro,
+            "recall": test_metrics.recall_macro,
+            "f1": test_metrics.f1_macro,
+        },
+        "original_test_accuracy": ORIGINAL_TEST_ACCURACY,
+        "cells_beating_original": int(table["beats_original"].sum()) if len(table) else 0,
+        "cells_in_original_table": int(table["original_cv_accuracy"].notna().sum())
+        if len(table)
+        else 0,
+        **summary,
+    }
+    paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    for key, figure in (
+        ("comparison", _comparison_figure(table)),
+        ("confusion", confusion_matrix_figure(test_metrics.confusion, "MNIST test set: final model")),
+        ("curves", _learning_curve_figure(history)),
+    ):
+        figure.savefig(paths[key], dpi=120)
+        plt.close(figure)
+    return paths

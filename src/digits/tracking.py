@@ -1,0 +1,206 @@
+"""MLflow: the only module that imports `mlflow`.
+
+The store is the top-level `mlruns/` by default (SQLite metadata in `mlruns/mlflow.db`, artifacts in
+`mlruns/artifacts/`), so no server is needed; ``MLFLOW_TRACKING_URI`` points elsewhere. Browse it with
+``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+
+Runs are recorded from the flow's own process as task results arrive, never from Dask workers: the
+workers may sit on other machines that cannot reach a local SQLite file, and one writer means no
+"database is locked" races and no run left RUNNING when a trial fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from digits.config import TrackingConfig
+
+CHAMPION_ALIAS = "champion"
+_state: dict[str, str] = {}
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store from params (or ``MLFLOW_TRACKING_URI``); returns the URI used."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    _state["uri"] = uri
+    _state["prefix"] = cfg.experiment_prefix
+    _state["artifact_root"] = str(cfg.artifact_root)
+    return uri
+
+
+def _experiment_id(name: str) -> str:
+    full_name = f"{_state.get('prefix', 'digits')}-{name}"
+    existing = mlflow.get_experiment_by_name(full_name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    uri = _state.get("uri", "")
+    location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        location = (Path(_state.get("artifact_root", "mlruns/artifacts")) / full_name).resolve()
+        location = location.as_uri()
+    return str(mlflow.create_experiment(full_name, artifact_location=location))
+
+
+def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
+    # MLflow caps a parameter value at 6000 characters.
+    return {key: str(value)[:6000] for key, value in params.items()}
+
+
+@contextmanager
+def start_run(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    nested: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """A run in experiment ``<prefix>-<experiment>``; an exception inside marks it FAILED."""
+    experiment_id = _experiment_id(experiment)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        nested=nested,
+        tags={key: str(value) for key, value in (tags or {}).items()},
+    ) as run:
+        if params:
+            mlflow.log_params(_clean_params(params))
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log finite metrics to the active run (non-finite values are dropped: MLflow rejects NaN)."""
+    finite = {key: float(value) for key, value in metrics.items() if math.isfinite(float(value))}
+    mlflow.log_metrics(finite, step=step)
+
+
+def log_history(history: Sequence[Mapping[str, float]], prefix: str = "") -> None:
+    """Log a learning curve (one dict per epoch, with an ``epoch`` key) in a single batch."""
+    run = mlflow.active_run()
+    if run is None or not history:
+        return
+    metrics = [
+        Metric(key=f"{prefix}{key}", value=float(value), timestamp=0, step=int(row["epoch"]))
+        for row in history
+        for key, value in row.items()
+        if key != "epoch" and math.isfinite(float(value))
+    ]
+    client = MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def log_artifacts(directory: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_figure(figure: Any, filename: str) -> None:
+    mlflow.log_figure(figure, filename)
+
+
+def log_dict(content: Mapping[str, Any], filename: str) -> None:
+    mlflow.log_dict(dict(content), filename)
+
+
+def log_text(text: str, filename: str) -> None:
+    mlflow.log_text(text, filename)
+
+
+def record_failed_run(
+    experiment: str, run_name: str, params: Mapping[str, Any], reason: str, nested: bool = True
+) -> str:
+    """Record a trial that never produced a result as a FAILED run carrying its reason."""
+    with start_run(experiment, run_name, params=params, tags={"failure_reason": reason[:5000]},
+                   nested=nested) as run:
+        run_id = run.info.run_id
+    MlflowClient().set_terminated(run_id, status="FAILED")
+    return run_id
+
+
+def register_model(
+    model: Any,
+    name: str,
+    input_example: Any,
+    tags: Mapping[str, Any],
+) -> str:
+    """Log a torch model (signature inferred from `input_example`) to the active run and register it.
+
+    Returns:
+        The new version number in the registry, as a string.
+    """
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.inference_mode():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=name,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:5000])
+    return version
+
+
+def promote_if_better(name: str, version: str, metric: str = "accuracy") -> bool:
+    """Point the registry alias ``champion`` at `version` when its run's `metric` beats the current.
+
+    Returns:
+        True when the alias moved to `version`.
+    """
+    client = MlflowClient()
+    candidate = client.get_model_version(name, version)
+    candidate_value = client.get_run(candidate.run_id).data.metrics.get(metric)
+    if candidate_value is None:
+        return False
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if champion is not None:
+        champion_value = client.get_run(champion.run_id).data.metrics.get(metric)
+        if champion_value is not None and champion_value >= candidate_value:
+            return False
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return True
+
+
+def promote(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+    """Point a registry alias at a version by hand (``digits promote``)."""
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def runs_of(experiment: str) -> list[Any]:
+    """All runs of an experiment, newest first (for tests and reports)."""
+    found = mlflow.get_experiment_by_name(f"{_state.get('prefix', 'digits')}-{experiment}")
+    if found is None:
+        return []
+    return MlflowClient().search_runs([found.experiment_id], order_by=["attribute.start_time DESC"])

@@ -1,0 +1,269 @@
+"""Validate prepared MNIST / SVHN with Great Expectations (the only module that imports it).
+
+One expectation suite per dataset runs over one pandas table: a row per image from
+`metadata.parquet` (label, pixel min/max/mean, content hash) joined with array-level facts of its
+split (count, image shape, dtypes, class share, number of classes) and of the dataset (exact
+duplicate images shared by train and test). Results go to Great Expectations Data Docs under
+`<reports_dir>/<dataset>/data_docs/` and a plain `<reports_dir>/<dataset>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from digits.config import DataConfig, ValidationConfig
+from digits.datasets import IMAGE_SHAPES, METADATA, load_split, read_manifest
+from digits.errors import DataError
+
+# Sizes of the official splits.
+OFFICIAL_COUNTS = {
+    "mnist": {"train": 60_000, "test": 10_000},
+    "svhn": {"train": 73_257, "test": 26_032, "extra": 531_131},
+}
+DIGITS = list(range(10))
+METADATA_COLUMNS = ["split", "index", "label", "pixel_min", "pixel_max", "pixel_mean", "content_hash"]
+
+
+def cross_split_duplicates(metadata: pd.DataFrame) -> int:
+    """Number of test images whose exact bytes also occur in the training split."""
+    train_hashes = set(metadata.loc[metadata["split"] == "train", "content_hash"])
+    return int(metadata.loc[metadata["split"] == "test", "content_hash"].isin(train_hashes).sum())
+
+
+def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table the suite validates, and the facts reported in the summary.
+
+    Returns:
+        table: one row per image; metadata columns plus, per row, the facts of its split
+            (`split_rows`, `split_images`, `split_labels`, `image_shape`, `images_dtype`, `labels_dtype`,
+            `class_share`, `split_classes`), `array_label` (the label in the .npy array), each
+            split's size (`n_<split>_images`) and `cross_split_duplicates`.
+        facts: counts, class shares and duplicates, for the summary.
+    """
+    manifest = read_manifest(dataset, root)
+    path = Path(root) / "prepared" / dataset / METADATA
+    try:
+        metadata = pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read ({error}); run `dvc repro prepare@{dataset}`") from None
+    missing = [c for c in METADATA_COLUMNS if c not in metadata.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; run `dvc repro prepare@{dataset}`")
+
+    parts, counts, shares = [], {}, {}
+    for split in manifest["counts"]:
+        images, labels = load_split(dataset, root, split)
+        part = metadata[metadata["split"] == split].sort_values("index").reset_index(drop=True)
+        n = len(part)
+        # Labels are taken from the array (what training reads); a metadata mismatch is flagged.
+        aligned = np.full(n, -1, dtype=np.int64)  # -1 marks rows with no label in the array
+        aligned[: min(n, len(labels))] = labels[:n]
+        array_labels = pd.Series(aligned)
+        share = array_labels.value_counts(normalize=True)
+        part["array_label"] = array_labels.to_numpy()
+        part["class_share"] = array_labels.map(share).to_numpy()
+        part["split_classes"] = array_labels.nunique()
+        part["split_rows"] = n
+        part["split_images"] = images.shape[0]
+        part["split_labels"] = labels.shape[0]
+        part["image_shape"] = "x".join(str(d) for d in images.shape[1:])
+        part["images_dtype"] = str(images.dtype)
+        part["labels_dtype"] = str(labels.dtype)
+        parts.append(part)
+        counts[split] = {"images": int(images.shape[0]), "labels": int(labels.shape[0])}
+        shares[split] = {str(d): round(float(share.get(d, 0.0)), 5) for d in DIGITS}
+    table = pd.concat(parts, ignore_index=True)
+    # Each split's size on every row, so that one expectation per split can require its exact size.
+    for split in OFFICIAL_COUNTS[dataset]:
+        table[f"n_{split}_images"] = counts.get(split, {}).get("images", 0)
+    duplicates = cross_split_duplicates(table)
+    table["cross_split_duplicates"] = duplicates
+    facts = {
+        "synthetic": bool(manifest["synthetic"]),
+        "counts": counts,
+        "class_shares": shares,
+        "cross_split_duplicates": duplicates,
+    }
+    return table, facts
+
+
+def expected_split_counts(dataset: str, root: Path) -> dict[str, int]:
+    """Official split sizes, or those in the manifest for synthetic data."""
+    manifest = read_manifest(dataset, root)
+    if manifest["synthetic"]:
+        return {split: int(n) for split, n in manifest["counts"].items()}
+    return {split: OFFICIAL_COUNTS[dataset][split] for split in manifest["counts"]}
+
+
+def _expectations(
+    dataset: str,
+    counts: Mapping[str, int],
+    val_cfg: ValidationConfig,
+) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    shape = "x".join(str(d) for d in IMAGE_SHAPES[dataset])
+    suite: list[Any] = [
+        gxe.ExpectTableRowCountToEqual(value=sum(counts.values())),
+        gxe.ExpectTableColumnsToMatchSet(column_set=[*METADATA_COLUMNS], exact_match=False),
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="split", value_set=list(counts)),
+    ]
+    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in METADATA_COLUMNS]
+    suite += [
+        gxe.ExpectColumnValuesToBeInSet(column="image_shape", value_set=[shape]),
+        gxe.ExpectColumnValuesToBeInSet(column="images_dtype", value_set=["uint8"]),
+        gxe.ExpectColumnValuesToBeInSet(column="labels_dtype", value_set=["int64"]),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="split_images", column_B="split_labels"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="split_rows", column_B="split_images"),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=0, max_value=255),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=DIGITS),
+        gxe.ExpectColumnValuesToBeInSet(column="array_label", value_set=DIGITS),
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="array_label", value_set=DIGITS),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="label", column_B="array_label"),
+        gxe.ExpectColumnValuesToBeInSet(column="split_classes", value_set=[10]),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="class_share",
+            min_value=val_cfg.class_share_min,
+            max_value=val_cfg.class_share_max,
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["split", "index"]),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="cross_split_duplicates",
+            min_value=0,
+            max_value=val_cfg.max_cross_split_duplicates[dataset],  # type: ignore[index]
+        ),
+    ]
+    suite += [
+        gxe.ExpectColumnValuesToBeInSet(column=f"n_{split}_images", value_set=[n])
+        for split, n in counts.items()
+    ]
+    return suite
+
+
+def _describe(result: dict[str, Any]) -> str:
+    """One readable line for a failed expectation."""
+    config = result["expectation_config"]
+    kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id",)}
+    detail = result.get("result") or {}
+    observed = detail.get("observed_value")
+    if observed is None and "unexpected_count" in detail:
+        observed = (
+            f"{detail['unexpected_count']} unexpected values, "
+            f"e.g. {detail.get('partial_unexpected_list', [])[:5]}"
+        )
+    return f"{config['type']}({', '.join(f'{k}={v}' for k, v in kwargs.items())}): got {observed}"
+
+
+def validate(
+    dataset: str,
+    data_cfg: DataConfig,
+    val_cfg: ValidationConfig,
+    reports_dir: Path,
+    expected_counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Run the dataset's expectation suite on its prepared data; write Data Docs and a summary.
+
+    Args:
+        dataset: "mnist" or "svhn".
+        data_cfg: where the prepared data lives.
+        val_cfg: class-share and duplicate bounds.
+        reports_dir: `<reports_dir>/<dataset>/` receives `data_docs/` (HTML) and `summary.json`.
+        expected_counts: split sizes to require; defaults to the official sizes (or, for synthetic
+            data, those in its manifest). Tests pass the sizes of their fixture data.
+
+    Returns:
+        The summary: success, synthetic flag, counts, class shares, duplicates and each
+        expectation's result.
+
+    Raises:
+        DataError: an expectation failed (listed in the message); the summary is written first.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    root = Path(data_cfg.root)
+    table, facts = build_table(dataset, root)
+    counts = dict(expected_counts or expected_split_counts(dataset, root))
+    out_dir = Path(reports_dir) / dataset
+    docs_dir = out_dir / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    docs_dir.mkdir(parents=True)
+
+    context = gx.get_context(mode="ephemeral")
+    context.add_data_docs_site(
+        site_name="local",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir.resolve()),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = (
+        context.data_sources.add_pandas(name=dataset)
+        .add_dataframe_asset(name="prepared_images")
+        .add_batch_definition_whole_dataframe("all_splits")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{dataset}_prepared"))
+    for expectation in _expectations(dataset, counts, val_cfg):
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{dataset}_prepared", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{dataset}_data",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["local"])],
+            result_format={"result_format": "SUMMARY"},
+        )
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": table})
+
+    results = []
+    for validation in run.run_results.values():
+        results += [r.to_json_dict() for r in validation.results]
+    failed = [_describe(r) for r in results if not r["success"]]
+    summary = {
+        "dataset": dataset,
+        "success": bool(run.success),
+        **facts,
+        "expected_counts": counts,
+        "bounds": {
+            "class_share_min": val_cfg.class_share_min,
+            "class_share_max": val_cfg.class_share_max,
+            "max_cross_split_duplicates": val_cfg.max_cross_split_duplicates[dataset],  # type: ignore[index]
+        },
+        "failed": failed,
+        "expectations": [
+            {
+                "type": r["expectation_config"]["type"],
+                "kwargs": {
+                    k: v for k, v in r["expectation_config"]["kwargs"].items() if k != "batch_id"
+                },
+                "success": r["success"],
+                "observed": (r.get("result") or {}).get("observed_value"),
+                "unexpected_count": (r.get("result") or {}).get("unexpected_count"),
+            }
+            for r in results
+        ],
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if failed:
+        raise DataError(
+            f"{dataset} failed validation ({len(failed)} of {len(results)} checks; see "
+            f"{out_dir / 'summary.json'} and {docs_dir}/index.html): " + " | ".join(failed)
+        )
+    return summary

@@ -1,0 +1,34 @@
+"""Task placement: an address joins a cluster, GPUs get one worker each, else CPU workers."""
+
+import pytest
+
+from digits.config import ComputeConfig
+from digits.errors import DigitsError
+from digits.runner import plan_placement, task_runner
+
+
+def test_address_from_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGITS_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    placement = plan_placement(ComputeConfig(dask_address="tcp://other:8786"), gpus=4)
+    assert (placement.kind, placement.address) == ("address", "tcp://10.0.0.5:8786")
+
+
+def test_one_worker_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    assert plan_placement(ComputeConfig(), gpus=4).workers == 4
+    assert plan_placement(ComputeConfig(), gpus=4).kind == "cuda"
+    assert plan_placement(ComputeConfig(device="cpu", cpu_workers=3), gpus=4).kind == "cpu"
+    assert plan_placement(ComputeConfig(cpu_workers=3), gpus=0).workers == 3
+
+
+def test_cuda_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    with pytest.raises(DigitsError, match="no GPU is visible"):
+        plan_placement(ComputeConfig(device="cuda"), gpus=0)
+
+
+def test_cpu_runner_is_a_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    runner = task_runner(ComputeConfig(device="cpu", cpu_workers=2))
+    assert runner.cluster_kwargs["n_workers"] == 2
+    assert "LocalCluster" in str(runner.cluster_class)
