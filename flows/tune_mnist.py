@@ -24,20 +24,25 @@ from typing import Any
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
 
-from digits import tracking  # noqa: E402
-from digits.config import ComputeConfig, Params, TrainConfig, load_params  # noqa: E402
-from digits.crossval import stratified_folds  # noqa: E402
-from digits.errors import TrainingDiverged  # noqa: E402
-from digits.mnist import FinalResult, FoldResult, evaluate_fold, fit_final, load_mnist_arrays  # noqa: E402
-from digits.mnist_report import tuning_table, write_mnist_report  # noqa: E402
-from digits.runner import configure_worker_threads, plan_placement, task_runner  # noqa: E402
-from digits.training import select_device  # noqa: E402
-from digits.tuning import grid_configs, make_study, random_configs, suggest_config  # noqa: E402
+from digits import tracking
+from digits.config import ComputeConfig, Params, TrainConfig, load_params
+from digits.crossval import stratified_folds
+from digits.errors import TrainingDiverged
+from digits.mnist import FinalResult, FoldResult, evaluate_fold, fit_final, load_mnist_arrays
+from digits.mnist_report import tuning_table, write_mnist_report
+from digits.runner import (
+    configure_worker_threads,
+    plan_placement,
+    shared_prefect_api,
+    task_runner,
+)
+from digits.training import select_device
+from digits.tuning import grid_configs, make_study, random_configs, suggest_config
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
@@ -73,9 +78,14 @@ def cv_fold(
     arrays = load_mnist_arrays(data.root, data.train_subset, data.test_subset, data.seed)
     train_idx, val_idx = stratified_folds(arrays.train_labels, folds, seed)[fold]
     return evaluate_fold(
-        arrays.train_images, arrays.train_labels, train_idx, val_idx, cfg, seed,
+        arrays.train_images,
+        arrays.train_labels,
+        train_idx,
+        val_idx,
+        cfg,
+        seed,
         select_device(compute.device),
-    )  # fmt: skip
+    )
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retry_unless_diverged)
@@ -84,13 +94,20 @@ def final_fit(data: DataSpec, cfg: TrainConfig, seed: int, compute: ComputeConfi
     configure_worker_threads(compute)
     arrays = load_mnist_arrays(data.root, data.train_subset, data.test_subset, data.seed)
     return fit_final(
-        arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels, cfg,
-        seed, select_device(compute.device),
-    )  # fmt: skip
+        arrays.train_images,
+        arrays.train_labels,
+        arrays.test_images,
+        arrays.test_labels,
+        cfg,
+        seed,
+        select_device(compute.device),
+    )
 
 
 def config_name(cfg: TrainConfig) -> str:
-    return f"{cfg.activation}-w{cfg.width}-d{cfg.depth}-lr{cfg.lr:g}-bs{cfg.batch_size}-e{cfg.epochs}"
+    return (
+        f"{cfg.activation}-w{cfg.width}-d{cfg.depth}-lr{cfg.lr:g}-bs{cfg.batch_size}-e{cfg.epochs}"
+    )
 
 
 @dataclass
@@ -112,7 +129,7 @@ class Trial:
 
 
 def _record_trial(trial: Trial, folds: int) -> None:
-    """One nested MLflow run per configuration: params, per-fold and mean/std CV accuracy, curves."""
+    """One nested MLflow run per configuration: params, fold and mean/std CV accuracy, curves."""
     params = {**trial.cfg.model_dump(), "folds": folds}
     if trial.failure is not None:
         tracking.record_failed_run(EXPERIMENT, trial.name, params, trial.failure)
@@ -124,9 +141,12 @@ def _record_trial(trial: Trial, folds: int) -> None:
     with tracking.start_run(EXPERIMENT, trial.name, params=params, tags=tags, nested=True):
         tracking.log_metrics(
             {f"fold_{k}_val_accuracy": a for k, a in enumerate(accuracies)}
-            | {"mean_cv_accuracy": mean, "std_cv_accuracy": std,
-               "train_seconds": sum(r.train_seconds for r in trial.results.values())}
-        )  # fmt: skip
+            | {
+                "mean_cv_accuracy": mean,
+                "std_cv_accuracy": std,
+                "train_seconds": sum(r.train_seconds for r in trial.results.values()),
+            }
+        )
         for k in sorted(trial.results):
             tracking.log_history(trial.results[k].history, prefix=f"fold_{k}_")
 
@@ -140,8 +160,10 @@ def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
     """
     logger = get_run_logger()
     search, mnist = params.mnist.search, params.mnist
-    retries = {"retries": params.compute.task_retries,
-               "retry_delay_seconds": params.compute.retry_delay_s}  # fmt: skip
+    retries = {
+        "retries": params.compute.task_retries,
+        "retry_delay_seconds": params.compute.retry_delay_s,
+    }
     fold_task = cv_fold.with_options(**retries)
     study = None
     if search.strategy == "optuna":
@@ -225,14 +247,18 @@ def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
 
 
 @flow(name="tune-mnist")
-def tune_mnist(params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)) -> dict[str, Any]:
+def tune_mnist(
+    params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)
+) -> dict[str, Any]:
     """Cross-validated tuning sweep, final retrain and test, all recorded in MLflow."""
     from digits.datasets import prepared_checksum
 
@@ -240,21 +266,33 @@ def tune_mnist(params_path: str = "params.yaml", report_dir: str = str(REPORT_DI
     params = load_params(params_path)
     placement = plan_placement(params.compute)
     tracking.configure(params.tracking)
-    data = DataSpec(params.data.root, params.mnist.train_subset, params.mnist.test_subset,
-                    params.seed)  # fmt: skip
+    data = DataSpec(
+        params.data.root, params.mnist.train_subset, params.mnist.test_subset, params.seed
+    )
     checksum = prepared_checksum("mnist", params.data.root)
     started = time.perf_counter()
     slots = max(placement.workers, 1)
     logger.info("placement: %s; strategy: %s", placement.describe(), params.mnist.search.strategy)
 
-    sweep_tags = {"profile": params.profile, "data_checksum": checksum, "git_commit": _git_commit(),
-                  "placement": placement.describe()}  # fmt: skip
-    sweep_params = {"strategy": params.mnist.search.strategy, "folds": params.mnist.folds,
-                    "train_subset": params.mnist.train_subset, "seed": params.seed}  # fmt: skip
-    with tracking.start_run(EXPERIMENT, f"sweep-{params.mnist.search.strategy}",
-                            params=sweep_params, tags=sweep_tags):  # fmt: skip
+    sweep_tags = {
+        "profile": params.profile,
+        "data_checksum": checksum,
+        "git_commit": _git_commit(),
+        "placement": placement.describe(),
+    }
+    sweep_params = {
+        "strategy": params.mnist.search.strategy,
+        "folds": params.mnist.folds,
+        "train_subset": params.mnist.train_subset,
+        "seed": params.seed,
+    }
+    with tracking.start_run(
+        EXPERIMENT, f"sweep-{params.mnist.search.strategy}", params=sweep_params, tags=sweep_tags
+    ):
         trials = _sweep(params, data, slots)
-        completed = [t for t in trials if t.failure is None and len(t.results) == params.mnist.folds]
+        completed = [
+            t for t in trials if t.failure is None and len(t.results) == params.mnist.folds
+        ]
         failed = [t for t in trials if t.failure is not None]
         if not completed:
             raise TrainingDiverged(
@@ -264,27 +302,49 @@ def tune_mnist(params_path: str = "params.yaml", report_dir: str = str(REPORT_DI
         best = max(completed, key=Trial.mean_accuracy)
         sweep_seconds = time.perf_counter() - started
         train_seconds = sum(r.train_seconds for t in trials for r in t.results.values())
-        tracking.log_metrics({"best_mean_cv_accuracy": best.mean_accuracy(),
-                              "sweep_seconds": sweep_seconds, "train_seconds": train_seconds,
-                              "failed_trials": len(failed)})  # fmt: skip
+        tracking.log_metrics(
+            {
+                "best_mean_cv_accuracy": best.mean_accuracy(),
+                "sweep_seconds": sweep_seconds,
+                "train_seconds": train_seconds,
+                "failed_trials": len(failed),
+            }
+        )
 
-        final_task = final_fit.with_options(retries=params.compute.task_retries,
-                                            retry_delay_seconds=params.compute.retry_delay_s)  # fmt: skip
+        final_task = final_fit.with_options(
+            retries=params.compute.task_retries, retry_delay_seconds=params.compute.retry_delay_s
+        )
         final = final_task.submit(data, best.cfg, params.seed, params.compute).result()
-        with tracking.start_run(EXPERIMENT, f"final-{config_name(best.cfg)}",
-                                params=best.cfg.model_dump(), tags=sweep_tags, nested=True):  # fmt: skip
+        with tracking.start_run(
+            EXPERIMENT,
+            f"final-{config_name(best.cfg)}",
+            params=best.cfg.model_dump(),
+            tags=sweep_tags,
+            nested=True,
+        ):
             metrics = final.metrics
-            tracking.log_metrics({"accuracy": metrics.accuracy, "precision": metrics.precision_macro,
-                                  "recall": metrics.recall_macro, "f1": metrics.f1_macro,
-                                  "mean_cv_accuracy": best.mean_accuracy(),
-                                  "train_seconds": final.train_seconds})  # fmt: skip
+            tracking.log_metrics(
+                {
+                    "accuracy": metrics.accuracy,
+                    "precision": metrics.precision_macro,
+                    "recall": metrics.recall_macro,
+                    "f1": metrics.f1_macro,
+                    "mean_cv_accuracy": best.mean_accuracy(),
+                    "train_seconds": final.train_seconds,
+                }
+            )
             tracking.log_history(final.history)
             tracking.log_dict(metrics.report, "classification_report.json")
-            table = tuning_table([
-                {"name": config_name(t.cfg), **t.cfg.model_dump(),
-                 "fold_accuracies": [t.results[k].val_accuracy for k in sorted(t.results)]}
-                for t in completed
-            ])  # fmt: skip
+            table = tuning_table(
+                [
+                    {
+                        "name": config_name(t.cfg),
+                        **t.cfg.model_dump(),
+                        "fold_accuracies": [t.results[k].val_accuracy for k in sorted(t.results)],
+                    }
+                    for t in completed
+                ]
+            )
             summary = {
                 "profile": params.profile,
                 "strategy": params.mnist.search.strategy,
@@ -295,26 +355,45 @@ def tune_mnist(params_path: str = "params.yaml", report_dir: str = str(REPORT_DI
                 "train_images": int(params.mnist.train_subset or 60000),
                 "data_checksum": checksum,
             }
-            best_summary = {"name": config_name(best.cfg), **best.cfg.model_dump(),
-                            "mean_cv_accuracy": best.mean_accuracy()}  # fmt: skip
-            paths = write_mnist_report(Path(report_dir), table, best_summary, metrics,
-                                       final.history, summary)  # fmt: skip
+            best_summary = {
+                "name": config_name(best.cfg),
+                **best.cfg.model_dump(),
+                "mean_cv_accuracy": best.mean_accuracy(),
+            }
+            paths = write_mnist_report(
+                Path(report_dir), table, best_summary, metrics, final.history, summary
+            )
             for key in ("tuning", "metrics", "confusion", "comparison", "curves"):
                 tracking.log_artifact(paths[key], artifact_path="report")
             example = load_mnist_arrays(data.root, None, 100, params.seed).test_images[:5]
             version = tracking.register_model(
-                final.model, params.mnist.registered_model, example,
-                tags={"data_checksum": checksum, "git_commit": sweep_tags["git_commit"],
-                      "params": json.dumps(best.cfg.model_dump()), "profile": params.profile},
-            )  # fmt: skip
+                final.model,
+                params.mnist.registered_model,
+                example,
+                tags={
+                    "data_checksum": checksum,
+                    "git_commit": sweep_tags["git_commit"],
+                    "params": json.dumps(best.cfg.model_dump()),
+                    "profile": params.profile,
+                },
+            )
             promoted = tracking.promote_if_better(params.mnist.registered_model, version)
     logger.info(
         "best %s: CV %.4f, test accuracy %.4f; registered %s v%s%s",
-        config_name(best.cfg), best.mean_accuracy(), metrics.accuracy,
-        params.mnist.registered_model, version, " (now champion)" if promoted else "",
-    )  # fmt: skip
-    return {"best": best_summary, "test_accuracy": metrics.accuracy, "model_version": version,
-            "failed_trials": len(failed), "sweep_seconds": sweep_seconds}  # fmt: skip
+        config_name(best.cfg),
+        best.mean_accuracy(),
+        metrics.accuracy,
+        params.mnist.registered_model,
+        version,
+        " (now champion)" if promoted else "",
+    )
+    return {
+        "best": best_summary,
+        "test_accuracy": metrics.accuracy,
+        "model_version": version,
+        "failed_trials": len(failed),
+        "sweep_seconds": sweep_seconds,
+    }
 
 
 def main() -> None:
@@ -327,7 +406,8 @@ def main() -> None:
     def run() -> dict[str, Any]:
         params = load_params(args.params)
         runner = task_runner(params.compute)
-        return tune_mnist.with_options(task_runner=runner)(args.params)
+        with shared_prefect_api():
+            return tune_mnist.with_options(task_runner=runner)(args.params)
 
     run_or_exit(run)
 

@@ -69,7 +69,9 @@ def test_evaluate_fold_learns_and_is_deterministic() -> None:
 def test_fit_final_scores_the_test_set_with_a_raw_pixel_model() -> None:
     train_images, train_labels = fake_digits(300, seed=0)
     test_images, test_labels = fake_digits(100, seed=1)
-    result = fit_final(train_images, train_labels, test_images, test_labels, CFG, seed=0, device=CPU)
+    result = fit_final(
+        train_images, train_labels, test_images, test_labels, CFG, seed=0, device=CPU
+    )
     assert result.metrics.accuracy >= 0.95
     assert result.metrics.confusion.sum() == 100
     assert len(result.history) == CFG.epochs

@@ -15,14 +15,19 @@ from digits.config import TrackingConfig
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mlruns")
     tracking.configure(
-        TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", artifact_root=root / "artifacts",
-                       experiment_prefix="test")  # fmt: skip
+        TrackingConfig(
+            uri=f"sqlite:///{root}/mlflow.db",
+            artifact_root=root / "artifacts",
+            experiment_prefix="test",
+        )
     )
     return root
 
 
 def test_run_records_params_metrics_and_history(store: Path) -> None:
-    with tracking.start_run("unit", "run-a", params={"width": 32}, tags={"profile": "quick"}) as run:
+    with tracking.start_run(
+        "unit", "run-a", params={"width": 32}, tags={"profile": "quick"}
+    ) as run:
         tracking.log_metrics({"accuracy": 0.9, "nan_is_dropped": float("nan")})
         tracking.log_history([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
     data = MlflowClient().get_run(run.info.run_id)
@@ -41,8 +46,9 @@ def test_exception_inside_a_run_marks_it_failed(store: Path) -> None:
 
 
 def test_failed_trial_is_recorded_with_its_reason(store: Path) -> None:
-    run_id = tracking.record_failed_run("unit", "trial-nan", {"lr": 1e9}, "TrainingDiverged: nan",
-                                        nested=False)  # fmt: skip
+    run_id = tracking.record_failed_run(
+        "unit", "trial-nan", {"lr": 1e9}, "TrainingDiverged: nan", nested=False
+    )
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "TrainingDiverged: nan"
@@ -55,10 +61,14 @@ def test_register_tags_and_promotes_only_a_better_model(store: Path) -> None:
     for name, accuracy in (("first", 0.8), ("worse", 0.7), ("better", 0.9)):
         with tracking.start_run("unit", name):
             tracking.log_metrics({"accuracy": accuracy})
-            version = tracking.register_model(model, "unit-model", example, {"data_checksum": "abc"})
+            version = tracking.register_model(
+                model, "unit-model", example, {"data_checksum": "abc"}
+            )
             versions[name] = (version, tracking.promote_if_better("unit-model", version))
     assert [promoted for _, promoted in versions.values()] == [True, False, True]
     client = MlflowClient()
     champion = client.get_model_version_by_alias("unit-model", tracking.CHAMPION_ALIAS)
     assert str(champion.version) == versions["better"][0]
-    assert client.get_model_version("unit-model", versions["worse"][0]).tags["data_checksum"] == "abc"
+    assert (
+        client.get_model_version("unit-model", versions["worse"][0]).tags["data_checksum"] == "abc"
+    )

@@ -1,7 +1,7 @@
 """Command line: `digits pull|prepare|validate DATASET`. Thin: argv and paths in, one core call out.
 
-A user-caused problem (bad parameter, missing or corrupt file, no network) ends in one line on stderr
-and exit code 2, never a traceback.
+A user-caused problem (bad parameter, missing or corrupt file, no network) ends in one line on
+stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations

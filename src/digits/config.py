@@ -73,7 +73,8 @@ class ComputeConfig(_Strict):
     cpu_workers: int = Field(2, ge=1, le=256)
     threads_per_worker: int = Field(1, ge=1, le=256)
     dask_address: str | None = Field(
-        None, description="Existing Dask scheduler (tcp://host:8786); DIGITS_DASK_ADDRESS overrides."
+        None,
+        description="Existing Dask scheduler (tcp://host:8786); DIGITS_DASK_ADDRESS overrides.",
     )
     task_retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
@@ -224,12 +225,16 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
         DigitsError: naming each bad key, its value and what is allowed.
     """
     if not isinstance(raw, dict):
-        raise DigitsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise DigitsError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     profile = raw.get("profile", "full")
     profiles = raw.get("profiles") or {}
     if profile != "full":
         if not isinstance(profiles, dict) or profile not in profiles:
-            allowed = ", ".join(["full", *sorted(profiles)]) if isinstance(profiles, dict) else "full"
+            allowed = (
+                ", ".join(["full", *sorted(profiles)]) if isinstance(profiles, dict) else "full"
+            )
             raise DigitsError(f"{source}: profile: unknown profile {profile!r}; allowed: {allowed}")
         raw = _deep_merge(raw, profiles[profile])
     try:
@@ -238,7 +243,9 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
         raise DigitsError(f"{source}: {_describe(error)}") from None
 
 
-def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Load and validate `params.yaml` (plus optional dotted-key-free overrides, merged on top)."""
     path = Path(path)
     if not path.is_file():

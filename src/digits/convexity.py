@@ -1,8 +1,8 @@
 """Is a loss convex in the weights? Measured with exact Hessians, midpoint checks and restarts.
 
-Every loss here is a function of one flat float64 parameter vector, so `torch.func.hessian` gives
-its exact Hessian. The inputs of every model end in a constant 1 (see `reduce_inputs`), so biases are
-weights of the first layer and a linear network f(x) = W_L ... W_1 x realises any affine map of
+Every loss here is a function of one flat float64 parameter vector, so `torch.func` gives its exact
+Hessian. The inputs of every model end in a constant 1 (see `reduce_inputs`), so biases are weights
+of the first layer and a linear network f(x) = W_L ... W_1 x realises any affine map of
 bounded rank; flipping the sign of two of its layers leaves f, and so the loss, unchanged.
 
 A found violation (a negative Hessian eigenvalue, a midpoint above its chord) proves non-convexity;
@@ -175,23 +175,25 @@ def _normal(n: int, dim: int, scale: float, generator: torch.Generator) -> Tenso
     return scale * torch.randn(n, dim, generator=generator, dtype=torch.float64)
 
 
-def hessian_eigenvalues(loss_fn: LossFn, points: Tensor) -> tuple[Tensor, Tensor]:
+def hessian_eigenvalues(loss_fn: LossFn, points: Tensor, chunk: int = 20) -> tuple[Tensor, Tensor]:
     """Smallest Hessian eigenvalue and largest |eigenvalue| at each point.
 
     Args:
         loss_fn: function of a flat float64 parameter vector.
         points: (P, dim) float64.
+        chunk: points whose Hessians are built in one vectorised call (memory: chunk * dim^2).
 
     Returns:
         (P,) smallest eigenvalues and (P,) largest absolute eigenvalues.
     """
-    hessian = torch.func.hessian(loss_fn)
+    # Reverse-over-reverse, vectorised over points, is the fastest exact Hessian on a CPU here.
+    hessians = torch.func.vmap(torch.func.jacrev(torch.func.jacrev(loss_fn)))
     smallest, largest = [], []
-    for point in points:
-        eig = torch.linalg.eigvalsh(hessian(point))  # ascending
-        smallest.append(eig[0])
-        largest.append(eig.abs().max())
-    return torch.stack(smallest), torch.stack(largest)
+    for batch in torch.split(points, chunk):
+        eig = torch.linalg.eigvalsh(hessians(batch))  # (chunk, dim), ascending
+        smallest.append(eig[:, 0])
+        largest.append(eig.abs().amax(dim=1))
+    return torch.cat(smallest), torch.cat(largest)
 
 
 @dataclass(frozen=True)
@@ -311,20 +313,60 @@ def gradient_descent(
     return theta.detach(), np.asarray(history)
 
 
+def minimize_lbfgs(
+    loss_fn: LossFn, theta: Tensor, max_iter: int, l2: float = 0.0
+) -> tuple[Tensor, np.ndarray]:
+    """L-BFGS with a strong-Wolfe line search on loss_fn(theta) + l2/2 * ||theta||^2, run until
+    the gradient vanishes (to float64 precision) or `max_iter` iterations.
+
+    Returns:
+        The final parameters (dim,) and the objective at each function evaluation.
+    """
+    theta = theta.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    history: list[float] = []
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = loss_fn(theta) + 0.5 * l2 * (theta * theta).sum()
+        value.backward()
+        history.append(float(value.detach()))
+        return value
+
+    optimizer.step(closure)
+    return theta.detach(), np.asarray(history)
+
+
+Optimizer = Literal["gd", "lbfgs"]
+
+
 @dataclass(frozen=True)
 class RestartResult:
-    """Gradient descent from several random starts.
+    """Minimisation from several random starts.
 
     Attributes:
+        optimizer: "gd" (full-batch gradient descent, fixed epochs and lr) or "lbfgs" (run to a
+            stationary point).
         final_losses: (S,) final objective (loss + l2 term) of each start.
+        final_grad_norms: (S,) gradient norm of the objective at the end.
         final_weights: (S, dim).
-        curves: (S, epochs + 1) objective during training.
+        curves: objective during training, one array per start.
         l2: the L2 coefficient used.
     """
 
+    optimizer: Optimizer
     final_losses: np.ndarray
+    final_grad_norms: np.ndarray
     final_weights: np.ndarray
-    curves: np.ndarray
+    curves: list[np.ndarray]
     l2: float
 
     @property
@@ -348,16 +390,25 @@ def random_restarts(
     lr: float,
     generator: torch.Generator,
     l2: float = RESTART_L2,
+    optimizer: Optimizer = "gd",
 ) -> RestartResult:
-    """Run `gradient_descent` from `n_starts` points drawn from N(0, scale^2 I)."""
+    """Minimise loss + l2/2 ||w||^2 from `n_starts` points drawn from N(0, scale^2 I).
+
+    With "gd", `epochs` steps of size `lr`; with "lbfgs", at most `epochs` iterations (lr unused).
+    """
     runs = [
         gradient_descent(loss_fn, start, epochs, lr, l2)
+        if optimizer == "gd"
+        else minimize_lbfgs(loss_fn, start, epochs, l2)
         for start in _normal(n_starts, dim, scale, generator)
     ]
+    objective_grad = torch.func.grad(lambda t: loss_fn(t) + 0.5 * l2 * (t * t).sum())
     return RestartResult(
+        optimizer=optimizer,
         final_losses=np.array([curve[-1] for _, curve in runs]),
+        final_grad_norms=np.array([float(objective_grad(theta).norm()) for theta, _ in runs]),
         final_weights=np.stack([theta.numpy() for theta, _ in runs]),
-        curves=np.stack([curve for _, curve in runs]),
+        curves=[curve for _, curve in runs],
         l2=l2,
     )
 
@@ -464,7 +515,7 @@ class ProbeResult:
     dim: int
     hessian: HessianResult
     midpoint: MidpointResult
-    restarts: RestartResult | None
+    restarts: dict[str, RestartResult]  # optimizer -> result; empty for the linear networks
     slice_t: np.ndarray  # (M,) along the worst midpoint segment, a at t=0, b at t=1
     slice_loss: np.ndarray  # (M,)
 
@@ -515,6 +566,8 @@ class TheoryResults:
     input_dim: int
     weight_scale: float
     restart_l2: float
+    pair_train_accuracy: float  # of the unregularised CE fit; 1.0 means the sample is separable
+    pair_weight_norm: float  # ||w|| of that fit, which grows without bound when separable
     probes: list[ProbeResult]
     sign_flips: list[SignFlipProbe]
     logit_gradients: dict[str, np.ndarray]
@@ -527,7 +580,8 @@ def _verdicts(probes: list[ProbeResult], sign_flips: list[SignFlipProbe]) -> lis
     for question in sorted({p.question for p in probes}):
         convex = {}
         for loss in LOSSES:
-            found = any(p.violation_found for p in probes if p.question == question and p.loss == loss)
+            asked = [p for p in probes if p.question == question and p.loss == loss]
+            found = any(p.violation_found for p in asked)
             found |= any(
                 s.result.violates
                 for s in sign_flips
@@ -547,8 +601,19 @@ class _Model:
     network: LinearNetwork | None = None
 
 
+def _rows(array: Tensor | np.ndarray, index: Tensor) -> Tensor:
+    # Index before converting, so a memory-mapped split is read only where needed.
+    if isinstance(array, Tensor):
+        return array[index]
+    return torch.from_numpy(np.ascontiguousarray(array[index.numpy()]))
+
+
 def run_theory(
-    x: Tensor, y: Tensor, cfg: TheoryConfig, seed: int, progress: Progress | None = None
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    cfg: TheoryConfig,
+    seed: int,
+    progress: Progress | None = None,
 ) -> TheoryResults:
     """Measure the convexity of cross-entropy and MSE for logistic regression and linear networks.
 
@@ -564,14 +629,14 @@ def run_theory(
     """
     say = progress or (lambda _message: None)
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(y)
+    labels = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y
 
     in_pair = torch.nonzero((labels == cfg.pair[0]) | (labels == cfg.pair[1])).squeeze(1)
     pair_idx = in_pair[torch.randperm(len(in_pair), generator=generator)[: cfg.n_samples]]
     all_idx = torch.randperm(len(labels), generator=generator)[: cfg.n_samples]
-    xb = reduce_inputs(torch.as_tensor(x)[pair_idx], cfg.pca_dims)  # (n, d)
+    xb = reduce_inputs(_rows(x, pair_idx), cfg.pca_dims)  # (n, d)
     yb = (labels[pair_idx] == cfg.pair[1]).to(torch.float64)  # (n,)
-    xm = reduce_inputs(torch.as_tensor(x)[all_idx], cfg.pca_dims)
+    xm = reduce_inputs(_rows(x, all_idx), cfg.pca_dims)
     ym = labels[all_idx].to(torch.int64)
     d = cfg.pca_dims + 1
 
@@ -611,12 +676,20 @@ def run_theory(
             midpoint = midpoint_violations(
                 loss_fn, model.dim, cfg.n_segments, cfg.weight_scale, generator
             )
-            restarts = None
+            restarts = {}
             if model.network is None:
                 say(f"{model.name}, {LOSS_LABELS[loss]}: {cfg.n_starts} restarts")
-                restarts = random_restarts(
-                    loss_fn, model.dim, cfg.n_starts, cfg.weight_scale, cfg.epochs, cfg.lr, generator
-                )
+                for optimizer in ("gd", "lbfgs"):
+                    restarts[optimizer] = random_restarts(
+                        loss_fn,
+                        model.dim,
+                        cfg.n_starts,
+                        cfg.weight_scale,
+                        cfg.epochs,
+                        cfg.lr,
+                        generator,
+                        optimizer=optimizer,
+                    )
             a, b = torch.from_numpy(midpoint.worst_a), torch.from_numpy(midpoint.worst_b)
             probes.append(
                 ProbeResult(
@@ -636,11 +709,15 @@ def run_theory(
                 sign_flips.append(_sign_flip_probe(model, loss, loss_fn, cfg, generator, ts))
 
     say("gradient against logit, training from a confidently wrong start")
-    reference = next(p for p in probes if p.question == 1 and p.loss == "ce").restarts
-    assert reference is not None
+    reference = next(p for p in probes if p.question == 1 and p.loss == "ce").restarts["lbfgs"]
     best = torch.from_numpy(reference.final_weights[int(np.argmin(reference.final_losses))])
     bad_start = bad_start_curves(xb, yb, best, cfg.epochs, cfg.lr)
     logits = torch.linspace(-12.0, 12.0, 241, dtype=torch.float64)
+    # Without an L2 term: on a separable sample CE has no minimiser and the weights keep growing.
+    unregularised, _ = minimize_lbfgs(
+        logistic_loss(xb, yb, "ce"), torch.zeros(d, dtype=torch.float64), cfg.epochs
+    )
+    pair_accuracy = float(((xb @ unregularised > 0).to(torch.float64) == yb).double().mean())
 
     return TheoryResults(
         pair=cfg.pair,
@@ -648,6 +725,8 @@ def run_theory(
         input_dim=d,
         weight_scale=cfg.weight_scale,
         restart_l2=RESTART_L2,
+        pair_train_accuracy=pair_accuracy,
+        pair_weight_norm=float(unregularised.norm()),
         probes=probes,
         sign_flips=sign_flips,
         logit_gradients=gradient_vs_logit(logits),

@@ -1,9 +1,9 @@
-"""Raw and prepared MNIST / SVHN: `pull` (download and checksum), `prepare` (canonical arrays), loading.
+"""Raw and prepared MNIST / SVHN: `pull` (download, checksum), `prepare` (arrays), loading.
 
 Layout under `DataConfig.root`:
 
-    raw/<dataset>/          the original files + `checksums.json` (what `pull` verified)
-    prepared/<dataset>/     {train,test[,extra]}_{images,labels}.npy, metadata.parquet, manifest.json
+    raw/<dataset>/       the original files + `checksums.json` (what `pull` verified)
+    prepared/<dataset>/  {train,test[,extra]}_{images,labels}.npy, metadata.parquet, manifest.json
 
 Prepared images are uint8 N×H×W×C (MNIST 28×28×1, SVHN 32×32×3) and labels int64 digits 0-9.
 Synthetic SVHN (quick profile only) is marked in `raw/svhn/checksums.json` and in the prepared
@@ -89,13 +89,15 @@ def official_resources(dataset: str, cfg: DataConfig) -> tuple[RawFile, ...]:
         )
     splits = ["train", "test", *(["extra"] if cfg.svhn_extra else [])]
     return tuple(
-        RawFile(name=SVHN.split_list[s][1], md5=SVHN.split_list[s][2], urls=(SVHN.split_list[s][0],))
+        RawFile(
+            name=SVHN.split_list[s][1], md5=SVHN.split_list[s][2], urls=(SVHN.split_list[s][0],)
+        )
         for s in splits
     )
 
 
 def content_md5(path: Path, gunzip: bool = False) -> str:
-    """MD5 of a file, or of its gzip-decompressed content. A corrupt gzip stream raises DataError."""
+    """MD5 of a file or of its gzip-decompressed content; a corrupt gzip raises DataError."""
     from torchvision.datasets.utils import calculate_md5
 
     if not gunzip:
@@ -143,7 +145,10 @@ def _download(url: str, target: Path, timeout_s: float, retries: int) -> None:
         if attempt:
             time.sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(target, "wb") as f:
+            with (
+                urllib.request.urlopen(url, timeout=timeout_s) as response,
+                open(target, "wb") as f,
+            ):
                 shutil.copyfileobj(response, f, 1 << 20)
                 expected = response.headers.get("Content-Length")
             if expected is not None and target.stat().st_size != int(expected):
@@ -193,8 +198,9 @@ def _fetch(raw_file: RawFile, dataset: str, raw_dir: Path, cfg: DataConfig) -> P
             tmp.unlink(missing_ok=True)
     raise DataError(
         f"could not get {dataset} file {raw_file.name}; tried: {'; '.join(tried) or 'no source'}. "
-        f"Put the file at <mirror>/{dataset}/{raw_file.name} and set {MIRRORS_ENV} (or data.mirrors "
-        f"in params.yaml) to that directory or URL prefix, or check the network connection"
+        f"Put the file at <mirror>/{dataset}/{raw_file.name} and set {MIRRORS_ENV} "
+        "(or data.mirrors in params.yaml) to that directory or URL prefix, or check the network "
+        "connection"
     )
 
 
@@ -234,14 +240,13 @@ def _pull_synthetic_svhn(raw_dir: Path, cfg: DataConfig) -> list[Path]:
     return [raw_dir / p.name for p in paths]
 
 
-def pull(
-    dataset: str, cfg: DataConfig, resources: Sequence[RawFile] | None = None
-) -> list[Path]:
+def pull(dataset: str, cfg: DataConfig, resources: Sequence[RawFile] | None = None) -> list[Path]:
     """Fetch and checksum the raw files of `dataset` into `cfg.root/raw/<dataset>/`.
 
-    Each file is taken from the first of `cfg.all_mirrors()` (laid out as `<mirror>/<dataset>/<file>`)
-    and then the official sources that delivers it with the right MD5; files already present with the
-    right MD5 are kept. With `cfg.svhn_synthetic`, SVHN is generated instead (and marked synthetic).
+    Each file comes from the first source that delivers it with the right MD5: the mirrors of
+    `cfg.all_mirrors()` (laid out as `<mirror>/<dataset>/<file>`), then the official URLs. Files
+    already present with the right MD5 are kept. With `cfg.svhn_synthetic`, SVHN is generated
+    instead (and marked synthetic).
 
     Args:
         dataset: "mnist" or "svhn".
@@ -303,7 +308,9 @@ def _read_idx(path: Path, expected_ndim: int, work_dir: Path) -> np.ndarray:
         with gzip.open(path, "rb") as stream:
             data = stream.read()
     except (OSError, EOFError) as error:
-        raise DataError(f"{path}: not a complete gzip file ({error}); rerun `digits pull`") from None
+        raise DataError(
+            f"{path}: not a complete gzip file ({error}); rerun `digits pull`"
+        ) from None
     expected_magic = synthetic.IDX_UBYTE_MAGIC[expected_ndim]
     if len(data) < 4 + 4 * expected_ndim:
         raise DataError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its header)")
@@ -357,7 +364,9 @@ def _read_svhn(raw_dir: Path, names: Sequence[str]) -> dict[str, tuple[np.ndarra
             # As torchvision's SVHN: X is 32×32×3×N, y is N×1 with 10 standing for the digit 0.
             mat = scipy.io.loadmat(path, variable_names=["X", "y"])
         except Exception as error:  # scipy raises many types for a damaged file
-            raise DataError(f"{path}: not a readable MATLAB file ({error}); rerun `digits pull`")
+            raise DataError(
+                f"{path}: not a readable MATLAB file ({error}); rerun `digits pull`"
+            ) from None
         if "X" not in mat or "y" not in mat:
             raise DataError(f"{path}: missing variable X or y; not an SVHN file")
         x, y = mat["X"], mat["y"]
@@ -401,7 +410,9 @@ def image_metadata(split: str, images: np.ndarray, labels: np.ndarray) -> pd.Dat
             "pixel_min": flat.min(axis=1).astype(np.int64),
             "pixel_max": flat.max(axis=1).astype(np.int64),
             "pixel_mean": flat.mean(axis=1, dtype=np.float64),
-            "content_hash": [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat],
+            "content_hash": [
+                hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat
+            ],
         }
     )
 
@@ -474,7 +485,7 @@ def prepare(dataset: str, cfg: DataConfig) -> Path:
             "dataset": dataset,
             "synthetic": is_synth,
             "image_shape": list(IMAGE_SHAPES[dataset]),
-            "counts": {split: int(len(labels)) for split, (_, labels) in splits.items()},
+            "counts": {split: len(labels) for split, (_, labels) in splits.items()},
             "arrays": arrays,
             "sources": {name: entry["md5"] for name, entry in record["files"].items()},
         }

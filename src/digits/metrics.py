@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are only ever written to files
 
 import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import (
@@ -96,9 +97,11 @@ def confusion_matrix_figure(cm: np.ndarray, title: str) -> Figure:
     n = cm.shape[0]
     fig = Figure(figsize=(6.4, 5.6), dpi=120, layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(np.log1p(cm), cmap="Blues")
-    fig.colorbar(image, ax=ax, label="log(1 + count)", shrink=0.8)
-    threshold = np.log1p(cm).max() / 2 if cm.size else 0
+    # Zero cells are masked (left white); the rest share one logarithmic colour scale.
+    norm = LogNorm(vmin=1, vmax=max(int(cm.max()), 2))
+    image = ax.imshow(np.ma.masked_equal(cm, 0), cmap="Blues", norm=norm)
+    fig.colorbar(image, ax=ax, label="count (log scale)", shrink=0.8)
+    threshold = np.sqrt(norm.vmax)  # halfway up the log scale: white text on dark cells
     for i in range(n):
         for j in range(n):
             ax.text(
@@ -108,7 +111,7 @@ def confusion_matrix_figure(cm: np.ndarray, title: str) -> Figure:
                 ha="center",
                 va="center",
                 fontsize=7 if cm.max() >= 1000 else 8,
-                color="white" if np.log1p(cm[i, j]) > threshold else "black",
+                color="white" if cm[i, j] > threshold else "black",
             )
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))

@@ -104,6 +104,9 @@ class RawPixelClassifier(nn.Module):
     -> (B, 10) logits. The normalisation constants are buffers, so they are saved with the weights.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, classifier: nn.Module, mean: float, std: float) -> None:
         super().__init__()
         self.classifier = classifier

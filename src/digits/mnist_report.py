@@ -14,19 +14,27 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from digits.metrics import ClassificationMetrics, confusion_matrix_figure  # noqa: E402
+from digits.metrics import ClassificationMetrics, confusion_matrix_figure
 
 # Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
 ORIGINAL_TABLE1: dict[tuple[str, int], float] = {
-    ("relu", 32): 0.9259, ("relu", 64): 0.9368, ("relu", 128): 0.9451, ("relu", 256): 0.9519,
-    ("tanh", 32): 0.9215, ("tanh", 64): 0.9302, ("tanh", 128): 0.9357, ("tanh", 256): 0.9377,
-    ("sigmoid", 32): 0.9059, ("sigmoid", 64): 0.9145, ("sigmoid", 128): 0.9197,
+    ("relu", 32): 0.9259,
+    ("relu", 64): 0.9368,
+    ("relu", 128): 0.9451,
+    ("relu", 256): 0.9519,
+    ("tanh", 32): 0.9215,
+    ("tanh", 64): 0.9302,
+    ("tanh", 128): 0.9357,
+    ("tanh", 256): 0.9377,
+    ("sigmoid", 32): 0.9059,
+    ("sigmoid", 64): 0.9145,
+    ("sigmoid", 128): 0.9197,
     ("sigmoid", 256): 0.9228,
-}  # fmt: skip
+}
 ORIGINAL_TEST_ACCURACY = 0.966
 
 
@@ -45,8 +53,10 @@ def tuning_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for trial in trials:
         folds = np.asarray(trial["fold_accuracies"], dtype=float)
         original = ORIGINAL_TABLE1.get((trial["activation"], int(trial["width"])), np.nan)
-        row = {key: trial[key] for key in ("activation", "width", "depth", "lr", "batch_size",
-                                            "dropout", "epochs")}  # fmt: skip
+        row = {
+            key: trial[key]
+            for key in ("activation", "width", "depth", "lr", "batch_size", "dropout", "epochs")
+        }
         row = {"cell": trial["name"], **row}
         row["mean_cv_accuracy"] = float(folds.mean())
         row["std_cv_accuracy"] = float(folds.std(ddof=1)) if len(folds) > 1 else 0.0
@@ -66,14 +76,29 @@ def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
     ordered = table.sort_values(["activation", "width"], ignore_index=True)
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.35 * len(ordered) + 1)))
     y = np.arange(len(ordered))
-    ax.barh(y, ordered["mean_cv_accuracy"], xerr=ordered["std_cv_accuracy"], color="tab:blue",
-            alpha=0.8, label="this project (mean ± std over folds)")  # fmt: skip
+    ax.barh(
+        y,
+        ordered["mean_cv_accuracy"],
+        xerr=ordered["std_cv_accuracy"],
+        color="tab:blue",
+        alpha=0.8,
+        label="this project (mean ± std over folds)",
+    )
     has_original = ordered["original_cv_accuracy"].notna()
-    ax.scatter(ordered.loc[has_original, "original_cv_accuracy"], y[has_original.to_numpy()],
-               color="tab:red", marker="|", s=300, linewidths=3, label="original study",
-               zorder=3)  # fmt: skip
+    ax.scatter(
+        ordered.loc[has_original, "original_cv_accuracy"],
+        y[has_original.to_numpy()],
+        color="tab:red",
+        marker="|",
+        s=300,
+        linewidths=3,
+        label="original study",
+        zorder=3,
+    )
     ax.set_yticks(y, ordered["cell"])
-    low = float(np.nanmin([ordered["mean_cv_accuracy"].min(), ordered["original_cv_accuracy"].min()]))
+    low = float(
+        np.nanmin([ordered["mean_cv_accuracy"].min(), ordered["original_cv_accuracy"].min()])
+    )
     ax.set_xlim(max(0.0, low - 0.02), 1.0)
     ax.set_xlabel("mean cross-validation accuracy")
     ax.set_title("MNIST dense network: CV accuracy per configuration")
@@ -140,7 +165,10 @@ def write_mnist_report(
     paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     for key, figure in (
         ("comparison", _comparison_figure(table)),
-        ("confusion", confusion_matrix_figure(test_metrics.confusion, "MNIST test set: final model")),
+        (
+            "confusion",
+            confusion_matrix_figure(test_metrics.confusion, "MNIST test set: final model"),
+        ),
         ("curves", _learning_curve_figure(history)),
     ):
         figure.savefig(paths[key], dpi=120)

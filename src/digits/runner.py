@@ -11,7 +11,10 @@ Three placements, chosen from `compute` in params.yaml:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +52,9 @@ def plan_placement(compute: ComputeConfig, gpus: int | None = None) -> Placement
         return Placement(kind="address", workers=0, address=address)
     gpus = gpu_count() if gpus is None else gpus
     if compute.device == "cuda" and gpus == 0:
-        raise DigitsError("compute.device: 'cuda' was asked for but no GPU is visible; use auto or cpu")
+        raise DigitsError(
+            "compute.device: 'cuda' was asked for but no GPU is visible; use auto or cpu"
+        )
     if compute.device != "cpu" and gpus > 0:
         return Placement(kind="cuda", workers=gpus)
     return Placement(kind="cpu", workers=compute.cpu_workers)
@@ -94,3 +99,55 @@ def configure_worker_threads(compute: ComputeConfig) -> None:
     if torch.get_num_threads() != compute.threads_per_worker:
         torch.set_num_threads(compute.threads_per_worker)
     os.environ.setdefault("OMP_NUM_THREADS", str(compute.threads_per_worker))
+
+
+@contextmanager
+def shared_prefect_api() -> Iterator[str]:
+    """One Prefect API for the flow and all its Dask workers.
+
+    Without ``PREFECT_API_URL`` every process that runs a task would start a temporary Prefect
+    server of its own (15-20 s each, and runs scattered over several databases). This starts one,
+    exports its address so the worker processes spawned afterwards inherit it, and stops it at the
+    end. With ``PREFECT_API_URL`` set (a `prefect server start` you run, which the UI shows), it
+    is used as it is; workers on other machines need such a reachable server.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    existing = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if existing:
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = existing  # for worker processes started from here on
+        try:
+            yield existing
+        finally:
+            _restore_env("PREFECT_API_URL", previous)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            _drain_prefect_workers()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Flush queued logs and events while the server still listens (else they retry for minutes)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # never started
+        APILogWorker.instance().drain()
+    EventsWorker.drain_all()
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -86,7 +86,7 @@ def mnist_like_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 
 def svhn_like_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """House-number-like crops: a centred digit on a coloured background. Shape (N, 32, 32, 3), uint8.
+    """House-number-like crops: a centred digit on a coloured background. (N, 32, 32, 3) uint8.
 
     Colours, glyph size and offset vary, a neighbouring digit may show at either side (as in SVHN's
     cropped digits) and Gaussian noise is added, so the task is learnable but not trivial.

@@ -1,8 +1,8 @@
 """MLflow: the only module that imports `mlflow`.
 
 The store is the top-level `mlruns/` by default (SQLite metadata in `mlruns/mlflow.db`, artifacts in
-`mlruns/artifacts/`), so no server is needed; ``MLFLOW_TRACKING_URI`` points elsewhere. Browse it with
-``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+`mlruns/artifacts/`), so no server is needed; ``MLFLOW_TRACKING_URI`` points elsewhere. Browse
+it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
 
 Runs are recorded from the flow's own process as task results arrive, never from Dask workers: the
 workers may sit on other machines that cannot reach a local SQLite file, and one writer means no
@@ -130,8 +130,9 @@ def record_failed_run(
     experiment: str, run_name: str, params: Mapping[str, Any], reason: str, nested: bool = True
 ) -> str:
     """Record a trial that never produced a result as a FAILED run carrying its reason."""
-    with start_run(experiment, run_name, params=params, tags={"failure_reason": reason[:5000]},
-                   nested=nested) as run:
+    with start_run(
+        experiment, run_name, params=params, tags={"failure_reason": reason[:5000]}, nested=nested
+    ) as run:
         run_id = run.info.run_id
     MlflowClient().set_terminated(run_id, status="FAILED")
     return run_id
@@ -143,7 +144,7 @@ def register_model(
     input_example: Any,
     tags: Mapping[str, Any],
 ) -> str:
-    """Log a torch model (signature inferred from `input_example`) to the active run and register it.
+    """Log a torch model (signature inferred from `input_example`) to the active run; register it.
 
     Returns:
         The new version number in the registry, as a string.

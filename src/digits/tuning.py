@@ -85,7 +85,7 @@ def summarize_grid(results: Iterable[tuple[TrainConfig, Sequence[float]]]) -> pd
 
     Returns:
         Columns `cell` ("relu-256"), `activation`, `width`, `mean_cv_accuracy`, `std_cv_accuracy`
-        (population standard deviation over folds, ddof=0), then `fold_1_accuracy` ... in fold order.
+        (population standard deviation over folds, ddof=0), then `fold_1_accuracy`, ... in order.
         Rows keep the order of `results`.
     """
     rows = []

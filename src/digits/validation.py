@@ -10,11 +10,10 @@ duplicate images shared by train and test). Results go to Great Expectations Dat
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,15 @@ OFFICIAL_COUNTS = {
     "svhn": {"train": 73_257, "test": 26_032, "extra": 531_131},
 }
 DIGITS = list(range(10))
-METADATA_COLUMNS = ["split", "index", "label", "pixel_min", "pixel_max", "pixel_mean", "content_hash"]
+METADATA_COLUMNS = [
+    "split",
+    "index",
+    "label",
+    "pixel_min",
+    "pixel_max",
+    "pixel_mean",
+    "content_hash",
+]
 
 
 def cross_split_duplicates(metadata: pd.DataFrame) -> int:
@@ -43,9 +50,9 @@ def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]
 
     Returns:
         table: one row per image; metadata columns plus, per row, the facts of its split
-            (`split_rows`, `split_images`, `split_labels`, `image_shape`, `images_dtype`, `labels_dtype`,
-            `class_share`, `split_classes`), `array_label` (the label in the .npy array), each
-            split's size (`n_<split>_images`) and `cross_split_duplicates`.
+            (`split_rows`, `split_images`, `split_labels`, `image_shape`, `images_dtype`,
+            `labels_dtype`, `class_share`, `split_classes`), `array_label` (the label in the .npy
+            array), each split's size (`n_<split>_images`) and `cross_split_duplicates`.
         facts: counts, class shares and duplicates, for the summary.
     """
     manifest = read_manifest(dataset, root)
@@ -53,7 +60,9 @@ def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]
     try:
         metadata = pd.read_parquet(path)
     except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read ({error}); run `dvc repro prepare@{dataset}`") from None
+        raise DataError(
+            f"{path}: cannot read ({error}); run `dvc repro prepare@{dataset}`"
+        ) from None
     missing = [c for c in METADATA_COLUMNS if c not in metadata.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; run `dvc repro prepare@{dataset}`")
@@ -157,10 +166,8 @@ def _describe(result: dict[str, Any]) -> str:
     detail = result.get("result") or {}
     observed = detail.get("observed_value")
     if observed is None and "unexpected_count" in detail:
-        observed = (
-            f"{detail['unexpected_count']} unexpected values, "
-            f"e.g. {detail.get('partial_unexpected_list', [])[:5]}"
-        )
+        examples = sorted(set(map(str, detail.get("partial_unexpected_list") or [])))[:5]
+        observed = f"{detail['unexpected_count']} unexpected values, e.g. {', '.join(examples)}"
     return f"{config['type']}({', '.join(f'{k}={v}' for k, v in kwargs.items())}): got {observed}"
 
 
@@ -188,8 +195,12 @@ def validate(
     Raises:
         DataError: an expectation failed (listed in the message); the summary is written first.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     root = Path(data_cfg.root)
     table, facts = build_table(dataset, root)
@@ -199,7 +210,15 @@ def validate(
     shutil.rmtree(docs_dir, ignore_errors=True)
     docs_dir.mkdir(parents=True)
 
-    context = gx.get_context(mode="ephemeral")
+    # In memory, no usage statistics, no progress bars on stderr, and Data Docs only where asked.
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        ),
+    )
     context.add_data_docs_site(
         site_name="local",
         site_config={
@@ -232,9 +251,9 @@ def validate(
     )
     run = checkpoint.run(batch_parameters={"dataframe": table})
 
-    results = []
+    results: list[dict[str, Any]] = []
     for validation in run.run_results.values():
-        results += [r.to_json_dict() for r in validation.results]
+        results += [cast(dict[str, Any], r.to_json_dict()) for r in validation.results]
     failed = [_describe(r) for r in results if not r["success"]]
     summary = {
         "dataset": dataset,

@@ -1,4 +1,4 @@
-"""The model registry: every architecture registers itself here by name; everything else asks by name.
+"""The model registry: each architecture registers itself by name; everything else asks by name.
 
 Adding an architecture is one file under `digits/models/` with a `@register_model("name")` builder
 and one import line at the bottom of this module.

@@ -70,5 +70,5 @@ class MLP(nn.Module):
 
 @register_model("mlp")
 def mlp(**kwargs: Any) -> MLP:
-    """Build an `MLP` from `MLPConfig` fields given as keywords (unset fields keep their defaults)."""
+    """Build an `MLP` from `MLPConfig` fields given as keywords (unset ones keep defaults)."""
     return MLP(MLPConfig(**kwargs))

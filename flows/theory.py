@@ -1,0 +1,87 @@
+"""Prefect flow: is cross-entropy or MSE convex in the weights? Measured on real MNIST.
+
+One task runs the probes of `digits.convexity` (exact Hessians, midpoint checks, random starts,
+sign flips of linear networks); the flow writes reports/theory/ with `digits.theory_report` and
+records the run, its numbers and the report in MLflow.
+
+    python flows/theory.py [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from digits import tracking
+from digits.config import TheoryConfig, load_params
+from digits.convexity import TheoryResults, run_theory
+from digits.theory_report import flat_metrics, results_summary, write_report
+
+REPORT_DIR = Path("reports/theory")
+EXPERIMENT = "theory"
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def measure_convexity(data_root: Path, cfg: TheoryConfig, seed: int) -> TheoryResults:
+    """Load the MNIST training split and run every convexity probe on it."""
+    from digits.datasets import load_split
+
+    logger = get_run_logger()
+    images, labels = load_split("mnist", data_root, "train")
+    return run_theory(images, labels, cfg, seed, progress=logger.info)
+
+
+@flow(name="theory")
+def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)) -> dict:
+    """Measure loss convexity, write the report, record it in MLflow; returns the verdicts."""
+    from digits.datasets import prepared_checksum
+
+    logger = get_run_logger()
+    params = load_params(params_path)
+    tracking.configure(params.tracking)
+    measure = measure_convexity.with_options(
+        retries=params.compute.task_retries, retry_delay_seconds=params.compute.retry_delay_s
+    )
+    tags = {
+        "profile": params.profile,
+        "data_checksum": prepared_checksum("mnist", params.data.root),
+    }
+    run_params: dict[str, Any] = {"seed": params.seed, **params.theory.model_dump()}
+    with tracking.start_run(
+        EXPERIMENT, f"convexity-{params.profile}", params=run_params, tags=tags
+    ):
+        started = time.perf_counter()
+        results = measure(params.data.root, params.theory, params.seed)
+        seconds = time.perf_counter() - started
+        paths = write_report(results, Path(report_dir))
+        tracking.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
+        tracking.log_artifacts(Path(report_dir))
+    verdicts = results_summary(results)["verdicts"]
+    for question, verdict in verdicts.items():
+        logger.info("%s: %s is convex in the weights", question, verdict["answer"])
+    logger.info("report: %s (%.0f s)", paths[0], seconds)
+    return verdicts
+
+
+def main() -> None:
+    from digits.cli import run_or_exit
+    from digits.runner import shared_prefect_api
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    def run() -> dict:
+        with shared_prefect_api():
+            return theory_flow(args.params)
+
+    run_or_exit(run)
+
+
+if __name__ == "__main__":
+    main()
