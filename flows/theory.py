@@ -14,6 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from digits.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import time
 from collections import deque
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Prefect reads its settings when imported: no telemetry, whose writes race the temporary
-# server's SQLite into "database is locked".
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from digits.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE

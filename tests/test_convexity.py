@@ -4,6 +4,7 @@ answers for logistic regression and linear networks on small synthetic data."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,15 @@ from digits.convexity import (
     softmax_loss,
 )
 from digits.theory_report import FIGURES, write_report
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny problems: intra-op threads only add synchronisation cost (as in `run_theory`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _generator(seed: int = 0) -> torch.Generator:

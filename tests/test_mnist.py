@@ -88,15 +88,17 @@ def test_load_mnist_arrays_takes_stratified_subsets(monkeypatch, tmp_path) -> No
     splits = {"train": fake_digits(500, seed=0), "test": fake_digits(200, seed=1)}
 
     def fake_load_split(name, root, split):
+        # As prepared on disk: (N, 28, 28, 1) uint8 images and int64 labels.
         assert (name, root) == ("mnist", tmp_path)
-        return splits[split]
+        images, labels = splits[split]
+        return images[..., None], labels
 
     monkeypatch.setattr(digits.datasets, "load_split", fake_load_split, raising=False)
     arrays = load_mnist_arrays(tmp_path, train_subset=100, test_subset=None, seed=0)
     assert isinstance(arrays, MnistArrays)
-    assert arrays.train_images.shape == (100, 28, 28) and arrays.train_images.dtype == np.uint8
+    assert arrays.train_images.shape == (100, 28, 28, 1) and arrays.train_images.dtype == np.uint8
     assert arrays.train_labels.dtype == np.int64
     np.testing.assert_array_equal(np.bincount(arrays.train_labels), [10] * 10)
-    assert arrays.test_images.shape == (200, 28, 28)
+    assert arrays.test_images.shape == (200, 28, 28, 1)
     again = load_mnist_arrays(tmp_path, train_subset=100, test_subset=None, seed=0)
     np.testing.assert_array_equal(arrays.train_images, again.train_images)

@@ -12,7 +12,8 @@ finding none is evidence of convexity, not a proof, which is why the report stat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -265,13 +266,10 @@ def midpoint_violations(
     ends_a = _normal(n_segments, dim, scale, generator)
     ends_b = _normal(n_segments, dim, scale, generator)
     with torch.no_grad():
-        values = torch.tensor(
-            [
-                [float(loss_fn(a)), float(loss_fn(b)), float(loss_fn((a + b) / 2))]
-                for a, b in zip(ends_a, ends_b, strict=True)
-            ],
-            dtype=torch.float64,
-        )
+        batched = torch.func.vmap(loss_fn)
+        values = torch.stack(
+            [batched(ends_a), batched(ends_b), batched((ends_a + ends_b) / 2)], dim=1
+        )  # (S, 3): L(a), L(b), L(mid)
     chord = (values[:, 0] + values[:, 1]) / 2
     excess = values[:, 2] - chord
     violations = excess > tol * chord.abs().clamp(min=1.0)
@@ -416,7 +414,7 @@ def random_restarts(
 def loss_slice(loss_fn: LossFn, a: Tensor, b: Tensor, ts: Tensor) -> Tensor:
     """Loss along the line through a (t=0) and b (t=1): L((1 - t) a + t b) for each t in ts."""
     with torch.no_grad():
-        return torch.stack([loss_fn((1 - t) * a + t * b) for t in ts])
+        return torch.func.vmap(loss_fn)((1 - ts)[:, None] * a + ts[:, None] * b)
 
 
 @dataclass(frozen=True)
@@ -488,7 +486,9 @@ def bad_start_curves(
     |logit| equal `start_logit`, so a good solution turned confidently wrong."""
     c = start_logit / float((x @ reference).abs().median())
     start = -c * reference
-    loss_curves, accuracies, grad_norms = {}, {}, {}
+    loss_curves: dict[str, np.ndarray] = {}
+    accuracies: dict[str, np.ndarray] = {}
+    grad_norms: dict[str, np.ndarray] = {}
     for loss in LOSSES:
         loss_fn = logistic_loss(x, y, loss)
         step = torch.func.grad_and_value(loss_fn)
@@ -578,7 +578,7 @@ class TheoryResults:
 def _verdicts(probes: list[ProbeResult], sign_flips: list[SignFlipProbe]) -> list[Verdict]:
     verdicts = []
     for question in sorted({p.question for p in probes}):
-        convex = {}
+        convex: dict[str, bool] = {}
         for loss in LOSSES:
             asked = [p for p in probes if p.question == question and p.loss == loss]
             found = any(p.violation_found for p in asked)
@@ -599,6 +599,18 @@ class _Model:
     build: Callable[[LossName], LossFn]
     dim: int
     network: LinearNetwork | None = None
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # The problems are tiny (a few hundred parameters): with several intra-op threads each small
+    # op costs more in synchronisation than it saves, 10-100x more on a busy 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _rows(array: Tensor | np.ndarray, index: Tensor) -> Tensor:
@@ -627,7 +639,13 @@ def run_theory(
     Returns:
         The measurements, the curves for plots, and a verdict per question.
     """
-    say = progress or (lambda _message: None)
+    with _one_thread():
+        return _run_theory(x, y, cfg, seed, progress or (lambda _message: None))
+
+
+def _run_theory(
+    x: Tensor | np.ndarray, y: Tensor | np.ndarray, cfg: TheoryConfig, seed: int, say: Progress
+) -> TheoryResults:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y
 

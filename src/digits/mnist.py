@@ -27,7 +27,7 @@ N_CLASSES = 10
 
 @dataclass(frozen=True)
 class MnistArrays:
-    """MNIST in memory: images (N, 28, 28) uint8, labels (N,) int64."""
+    """MNIST in memory: images (N, 28, 28, 1) uint8 as prepared, labels (N,) int64 digits 0-9."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -189,7 +189,7 @@ def evaluate_fold(
     hyperparameter, fixed before the fold is seen).
 
     Args:
-        images: (N, 28, 28) uint8 training images (every fold's).
+        images: (N, 28, 28, 1) or (N, 28, 28) uint8 training images (every fold's).
         labels: (N,) int labels.
         train_idx: Indices of this fold's training part.
         val_idx: Indices of this fold's validation part.
@@ -239,9 +239,9 @@ def fit_final(
     """Retrain on every training image and score the test set once.
 
     Args:
-        train_images: (N, 28, 28) uint8.
+        train_images: (N, 28, 28, 1) or (N, 28, 28) uint8.
         train_labels: (N,) int.
-        test_images: (M, 28, 28) uint8.
+        test_images: (M, 28, 28, 1) or (M, 28, 28) uint8.
         test_labels: (M,) int.
         cfg: The chosen configuration.
         seed: Seeds initial weights, batch order and dropout.

@@ -74,7 +74,7 @@ def tuning_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
     """Mean CV accuracy per cell (with fold spread) against the original study's Table 1."""
     ordered = table.sort_values(["activation", "width"], ignore_index=True)
-    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.35 * len(ordered) + 1)))
+    fig, ax = plt.subplots(figsize=(8, max(3.5, 0.35 * len(ordered) + 1.8)))
     y = np.arange(len(ordered))
     ax.barh(
         y,
@@ -102,7 +102,7 @@ def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
     ax.set_xlim(max(0.0, low - 0.02), 1.0)
     ax.set_xlabel("mean cross-validation accuracy")
     ax.set_title("MNIST dense network: CV accuracy per configuration")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -21,6 +21,18 @@ from typing import Any
 from digits.config import ComputeConfig
 from digits.errors import DigitsError
 
+PREFECT_DEFAULTS = {
+    # Telemetry writes race the temporary server's SQLite into "database is locked".
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def set_prefect_defaults() -> None:
+    """Environment defaults for Prefect; call before `prefect` is imported (it reads them then)."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
 
 @dataclass(frozen=True)
 class Placement:

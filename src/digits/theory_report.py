@@ -343,8 +343,10 @@ def _separability_sentence(results: TheoryResults) -> str:
             "answer' would be undefined."
         )
     return (
-        f"The sample is not linearly separable ({fit}), so CE has a minimiser even without "
-        "it; the term is kept so both losses are compared on the same objective."
+        f"Here {fit}: this sample is evidently not linearly separable in these dimensions "
+        "(a separable one is fitted to accuracy 1), so CE has a finite minimiser even without "
+        "the term; it is kept so both losses are compared on the same objective (on a "
+        "separable sample CE alone has none: its weights would grow without bound)."
     )
 
 
