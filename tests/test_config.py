@@ -31,7 +31,7 @@ def test_quick_profile_overrides_only_what_it_names() -> None:
     raw = _shipped()
     raw["profile"] = "quick"
     params = params_from_dict(raw)
-    assert params.mnist.train.epochs == 3
+    assert params.mnist.train.epochs == 5
     assert params.mnist.train_subset == 6000
     assert params.data.svhn_synthetic is True
     # untouched settings keep the full study's values

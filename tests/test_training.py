@@ -100,3 +100,21 @@ def test_select_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DigitsError, match="no CUDA GPU"):
             select_device("cuda")
+
+
+def test_cosine_schedule_anneals_the_last_updates() -> None:
+    """With cosine annealing the final epoch moves the weights far less than at a constant rate."""
+    x, y = separable()
+
+    def last_epoch_step(schedule: str) -> float:
+        model = tiny_model()
+        snapshots: list[torch.Tensor] = []
+
+        def snapshot(_: EpochStats) -> None:
+            snapshots.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+
+        cfg = CFG.model_copy(update={"epochs": 4, "lr_schedule": schedule})
+        train(model, x, y, cfg, seed=0, device=CPU, on_epoch=snapshot)
+        return float((snapshots[-1] - snapshots[-2]).norm())
+
+    assert last_epoch_step("cosine") < 0.3 * last_epoch_step("constant")

@@ -103,6 +103,9 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine: anneal the rate to 0 over the run, step by step."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 

@@ -160,6 +160,11 @@ def train(
 
     n = x.shape[0]
     n_batches = math.ceil(n / cfg.batch_size)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * n_batches)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -177,6 +182,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             batch_losses[batch] = loss.detach()
             correct += (logits.detach().argmax(dim=1) == yb).sum()
 
