@@ -27,7 +27,7 @@ study: setup  ## the whole study on params.yaml (dvc repro)
 quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
 	$(BIN)/dvc exp run -S profile=quick
 
-test: setup lint  ## lint, then every test, the slow end-to-end ones included
+test: setup lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
 	$(BIN)/python -m pytest
 
 test-fast: setup

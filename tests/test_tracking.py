@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from digits import tracking
 from digits.config import TrackingConfig
+from digits.errors import DigitsError
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,15 @@ def test_register_tags_and_promotes_only_a_better_model(store: Path) -> None:
     assert (
         client.get_model_version("unit-model", versions["worse"][0]).tags["data_checksum"] == "abc"
     )
+
+
+def test_promote_by_hand_and_unknown_version(store: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    with tracking.start_run("unit", "manual"):
+        version = tracking.register_model(model, "manual-model", np.zeros((1, 4), np.float32), {})
+    tracking.promote("manual-model", version, "staging")
+    assert str(MlflowClient().get_model_version_by_alias("manual-model", "staging").version) == (
+        version
+    )
+    with pytest.raises(DigitsError, match="version '99' is not registered; known versions: 1"):
+        tracking.promote("manual-model", "99")

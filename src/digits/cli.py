@@ -1,4 +1,6 @@
-"""Command line: `digits pull|prepare|validate DATASET`. Thin: argv and paths in, one core call out.
+"""Command line: `digits pull|prepare|validate DATASET`, `digits promote MODEL VERSION`.
+
+Thin: argv and paths in, one core call out.
 
 A user-caused problem (bad parameter, missing or corrupt file, no network) ends in one line on
 stderr and exit code 2, never a traceback.
@@ -58,6 +60,14 @@ COMMANDS: dict[str, Callable[[Params, str], None]] = {
 }
 
 
+def _promote(params: Params, model: str, version: str, alias: str) -> None:
+    from digits import tracking
+
+    tracking.configure(params.tracking)
+    tracking.promote(model, version, alias)
+    print(f"{model}: alias {alias!r} now points at version {version}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
@@ -70,11 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in helps.items():
         command = sub.add_parser(name, help=help_text)
         command.add_argument("dataset", choices=["mnist", "svhn"])
+    promote = sub.add_parser("promote", help="point a registry alias at a model version")
+    promote.add_argument("model", help="registered model name, e.g. mnist-mlp")
+    promote.add_argument("version", help="version number in the registry")
+    promote.add_argument("--alias", default="champion")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "promote":
+        run_or_exit(
+            lambda: _promote(load_params(args.params), args.model, args.version, args.alias)
+        )
+        return
     run_or_exit(lambda: COMMANDS[args.command](load_params(args.params), args.dataset))
 
 

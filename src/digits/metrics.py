@@ -98,10 +98,11 @@ def confusion_matrix_figure(cm: np.ndarray, title: str) -> Figure:
     fig = Figure(figsize=(6.4, 5.6), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     # Zero cells are masked (left white); the rest share one logarithmic colour scale.
-    norm = LogNorm(vmin=1, vmax=max(int(cm.max()), 2))
+    vmax = max(int(cm.max()), 2)
+    norm = LogNorm(vmin=1, vmax=vmax)
     image = ax.imshow(np.ma.masked_equal(cm, 0), cmap="Blues", norm=norm)
     fig.colorbar(image, ax=ax, label="count (log scale)", shrink=0.8)
-    threshold = np.sqrt(norm.vmax)  # halfway up the log scale: white text on dark cells
+    threshold = np.sqrt(vmax)  # halfway up the log scale: white text on dark cells
     for i in range(n):
         for j in range(n):
             ax.text(

@@ -145,7 +145,7 @@ def write_mnist_report(
         "confusion": figures / "confusion_matrix.png",
         "curves": figures / "learning_curve.png",
     }
-    table.to_csv(paths["tuning"], index=False)
+    table.to_csv(paths["tuning"], index=False, float_format="%.5g")
     pd.DataFrame(history).to_csv(paths["learning_curve"], index=False)
     metrics = {
         "best": dict(best),

@@ -23,6 +23,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from digits.config import TrackingConfig
+from digits.errors import DigitsError
 
 CHAMPION_ALIAS = "champion"
 _state: dict[str, str] = {}
@@ -49,8 +50,8 @@ def _experiment_id(name: str) -> str:
     uri = _state.get("uri", "")
     location = None
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-        location = (Path(_state.get("artifact_root", "mlruns/artifacts")) / full_name).resolve()
-        location = location.as_uri()
+        root = Path(_state.get("artifact_root", "mlruns/artifacts"))
+        location = (root / full_name).resolve().as_uri()
     return str(mlflow.create_experiment(full_name, artifact_location=location))
 
 
@@ -179,6 +180,8 @@ def promote_if_better(name: str, version: str, metric: str = "accuracy") -> bool
     """
     client = MlflowClient()
     candidate = client.get_model_version(name, version)
+    if candidate.run_id is None:
+        return False
     candidate_value = client.get_run(candidate.run_id).data.metrics.get(metric)
     if candidate_value is None:
         return False
@@ -186,7 +189,7 @@ def promote_if_better(name: str, version: str, metric: str = "accuracy") -> bool
         champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except mlflow.exceptions.MlflowException:
         champion = None
-    if champion is not None:
+    if champion is not None and champion.run_id is not None:
         champion_value = client.get_run(champion.run_id).data.metrics.get(metric)
         if champion_value is not None and champion_value >= candidate_value:
             return False
@@ -195,8 +198,21 @@ def promote_if_better(name: str, version: str, metric: str = "accuracy") -> bool
 
 
 def promote(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
-    """Point a registry alias at a version by hand (``digits promote``)."""
-    MlflowClient().set_registered_model_alias(name, alias, version)
+    """Point a registry alias at a version by hand (``digits promote``).
+
+    Raises:
+        DigitsError: the model or version is not in the registry.
+    """
+    client = MlflowClient()
+    try:
+        client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        known = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
+        raise DigitsError(
+            f"model {name!r} version {version!r} is not registered; known versions: "
+            f"{', '.join(sorted(known, key=int)) or 'none'}"
+        ) from None
+    client.set_registered_model_alias(name, alias, version)
 
 
 def runs_of(experiment: str) -> list[Any]:
