@@ -7,6 +7,7 @@ once. Preprocessing is one scalar standardisation whose constants come from the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +142,14 @@ def _stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.nd
     return np.sort(chosen)
 
 
+@functools.lru_cache(maxsize=2)
 def load_mnist_arrays(
     root: Path, train_subset: int | None, test_subset: int | None, seed: int
 ) -> MnistArrays:
     """Read the prepared MNIST splits, optionally cut to stratified subsets.
+
+    Cached per process: a worker that runs many folds reads the files once. The returned arrays
+    are shared between callers and must not be modified.
 
     Args:
         root: The data root (`data.root` in params.yaml).
