@@ -258,6 +258,29 @@ def test_pull_and_prepare_svhn_maps_label_10_to_0(data_cfg, fixture_svhn_mirror)
     assert load_split("svhn", cfg.root, "test")[0].shape == (SVHN_TEST, 32, 32, 3)
 
 
+def test_svhn_extra_split_only_when_asked(data_cfg, fixture_svhn_mirror):
+    mirror, _ = fixture_svhn_mirror
+    rng = np.random.default_rng(3)
+    extra_labels = synthetic.balanced_labels(40, rng)
+    synthetic.write_svhn_split(
+        mirror / "svhn" / "extra_32x32.mat",
+        synthetic.svhn_like_images(extra_labels, rng),
+        extra_labels,
+    )
+    resources = fixture_resources(mirror / "svhn")
+    cfg = _with_mirror(data_cfg, mirror)
+    pull("svhn", cfg, resources=[r for r in resources if r.name != "extra_32x32.mat"])
+    prepare("svhn", cfg)
+    assert not (cfg.root / "prepared" / "svhn" / "extra_images.npy").exists()
+
+    cfg = cfg.model_copy(update={"svhn_extra": True})
+    pull("svhn", cfg, resources=resources)
+    prepare("svhn", cfg)
+    images, labels = load_split("svhn", cfg.root, "extra")
+    assert images.shape == (40, 32, 32, 3)
+    np.testing.assert_array_equal(labels, extra_labels)
+
+
 @pytest.mark.parametrize(
     ("which", "message"),
     [
