@@ -11,7 +11,6 @@ process. `--plain-only` skips the flow (for a machine with PyTorch but no Prefec
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -70,17 +69,16 @@ def plain_sweep(params: Params) -> tuple[float, float, dict[str, float]]:
 def flow_sweep(params_path: Path, workdir: Path) -> dict:
     """The real flow, MLflow in a temporary store; returns the flow's summary."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow.db"
-    spec = importlib.util.spec_from_file_location("tune_mnist", REPO / "flows" / "tune_mnist.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO))
+    from flows.tune_mnist import tune_mnist
+
     from digits.config import load_params
     from digits.runner import shared_prefect_api, task_runner
 
     runner = task_runner(load_params(params_path).compute)
     started = time.perf_counter()
     with shared_prefect_api():
-        summary = module.tune_mnist.with_options(task_runner=runner)(
+        summary = tune_mnist.with_options(task_runner=runner)(
             str(params_path), report_dir=str(workdir / "report")
         )
     summary["flow_wall_seconds"] = time.perf_counter() - started
@@ -122,16 +120,24 @@ def main() -> None:
     from digits.runner import plan_placement
 
     workers = max(plan_placement(params.compute).workers, 1)
-    sweep, train = summary["sweep_seconds"], summary["train_seconds"]
-    # Worker-seconds not spent training, per fit: scheduling, transfer, data loading, recording.
-    overhead = max(sweep * workers - train, 0.0) / n_tasks
+    sweep, train, startup = (
+        summary["sweep_seconds"],
+        summary["train_seconds"],
+        summary["startup_seconds"],
+    )
+    fits = summary["fits"]
+    # Worker-seconds not spent training, per fit, once the workers are up: scheduling, transfer,
+    # per-fold preprocessing, recording in MLflow.
+    steady = max((sweep - startup) * workers - train, 0.0) / fits
     print(
         f"flow: wall {summary['flow_wall_seconds']:.1f} s end to end (server, cluster, final fit)"
     )
     print(f"flow sweep: wall {sweep:.1f} s on {workers} worker(s); pure training {train:.1f} s")
+    print(f"start-up (workers starting, imports, first data load): {startup:.1f} s, once a sweep")
     print(
-        f"orchestration overhead: {overhead:.2f} s per fit, "
-        f"{100 * overhead * n_tasks / (sweep * workers):.1f}% of the sweep's worker time"
+        f"orchestration overhead after start-up: {steady:.2f} s per fit, "
+        f"{steady * fits / params.mnist.folds / len(grid(params)):.2f} s per trial, "
+        f"{100 * steady * fits / (sweep * workers):.1f}% of the sweep's worker time"
     )
     print(f"flow sweep / plain loop wall: {sweep / plain_wall:.2f}x")
     print(

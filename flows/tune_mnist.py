@@ -149,12 +149,16 @@ def _record_trial(trial: Trial, folds: int) -> None:
             tracking.log_history(trial.results[k].history, prefix=f"fold_{k}_")
 
 
-def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
+def _sweep(params: Params, data: DataSpec, slots: int) -> tuple[list[Trial], float]:
     """Run every (configuration, fold) task; with optuna, ask for trials as slots free up.
 
     Folds of one configuration run one after another, so the optuna pruner can stop a weak
     configuration after any fold; configurations run side by side, `slots` at a time (grid and
     random search keep every task queued at once: Dask hands them out as workers free up).
+
+    Returns:
+        The finished trials, and the start-up latency: seconds from the first submission to the
+        first result, less that fold's training time (workers starting, importing, loading data).
     """
     logger = get_run_logger()
     search, mnist = params.mnist.search, params.mnist
@@ -213,6 +217,8 @@ def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
             launch(started, 0)
 
     progress = tqdm(total=total * mnist.folds, desc="cv folds", unit="fold")
+    submitted = time.perf_counter()
+    startup = None
     for _ in range(min(slots, total)):
         trial = next_trial()
         if trial is not None:
@@ -223,6 +229,8 @@ def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
         progress.update(1)
         try:
             trial.results[fold] = future.result()
+            if startup is None:
+                startup = time.perf_counter() - submitted - trial.results[fold].train_seconds
         except Exception as error:  # a failed task ends its trial, never the sweep
             trial.failure = f"{type(error).__name__}: {error}"
             logger.warning("%s failed on fold %d: %s", trial.name, fold, trial.failure)
@@ -240,7 +248,7 @@ def _sweep(params: Params, data: DataSpec, slots: int) -> list[Trial]:
         else:
             finish(trial, "complete")
     progress.close()
-    return finished
+    return finished, max(startup or 0.0, 0.0)
 
 
 def _git_commit() -> str:
@@ -287,7 +295,7 @@ def tune_mnist(
     with tracking.start_run(
         EXPERIMENT, f"sweep-{params.mnist.search.strategy}", params=sweep_params, tags=sweep_tags
     ):
-        trials = _sweep(params, data, slots)
+        trials, startup_seconds = _sweep(params, data, slots)
         completed = [
             t for t in trials if t.failure is None and len(t.results) == params.mnist.folds
         ]
@@ -303,6 +311,7 @@ def tune_mnist(
         tracking.log_metrics(
             {
                 "best_mean_cv_accuracy": best.mean_accuracy(),
+                "startup_seconds": startup_seconds,
                 "sweep_seconds": sweep_seconds,
                 "train_seconds": train_seconds,
                 "failed_trials": len(failed),
@@ -348,6 +357,7 @@ def tune_mnist(
                 "strategy": params.mnist.search.strategy,
                 "trials": len(trials),
                 "failed_trials": len(failed),
+                "startup_seconds": round(startup_seconds, 2),
                 "sweep_seconds": round(sweep_seconds, 2),
                 "train_seconds": round(train_seconds, 2),
                 "train_images": int(params.mnist.train_subset or 60000),
@@ -390,7 +400,10 @@ def tune_mnist(
         "test_accuracy": metrics.accuracy,
         "model_version": version,
         "failed_trials": len(failed),
+        "startup_seconds": startup_seconds,
         "sweep_seconds": sweep_seconds,
+        "train_seconds": train_seconds,
+        "fits": sum(len(t.results) for t in trials),
     }
 
 
