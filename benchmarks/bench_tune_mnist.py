@@ -136,7 +136,7 @@ def main() -> None:
     print(f"start-up (workers starting, imports, first data load): {startup:.1f} s, once a sweep")
     print(
         f"orchestration overhead after start-up: {steady:.2f} s per fit, "
-        f"{steady * fits / params.mnist.folds / len(grid(params)):.2f} s per trial, "
+        f"{steady * fits / len(grid(params)):.2f} s per trial, "
         f"{100 * steady * fits / (sweep * workers):.1f}% of the sweep's worker time"
     )
     print(f"flow sweep / plain loop wall: {sweep / plain_wall:.2f}x")
