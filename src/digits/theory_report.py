@@ -69,41 +69,55 @@ def _plot_hessian(results: TheoryResults, path: Path) -> None:
     plt.close(fig)
 
 
+def _segment_panel(
+    ax: Any,
+    t: Any,
+    values: Any,
+    ends: tuple[float, float, float],
+    color: str,
+    title: str,
+    xlabel: str,
+    chord_label: str,
+) -> None:
+    """The loss along a segment, the chord between its ends and the loss at its midpoint."""
+    loss_a, loss_b, loss_mid = ends
+    ax.plot(t, values, color=color, label="loss")
+    ax.plot([0, 1], [loss_a, loss_b], "k--", lw=1, label=chord_label)
+    ax.plot([0.5], [loss_mid], "ko", ms=4, label="midpoint")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+
+
+def _save_panels(fig: Any, title: str, path: Path) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot_slices(results: TheoryResults, path: Path) -> None:
     probes = [p for p in results.probes if p.question == 1]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, probe in zip(axes.T.ravel(), probes, strict=False):
-        t, values = probe.slice_t, probe.slice_loss
-        loss_a, loss_b, loss_mid = probe.midpoint.worst_values
-        ax.plot(t, values, color=COLORS[probe.loss], label="loss")
-        ax.plot([0, 1], [loss_a, loss_b], "k--", lw=1, label="chord a-b")
-        ax.plot([0.5], [loss_mid], "ko", ms=4, label="midpoint")
-        ax.set_title(_label(probe), fontsize=9)
-        ax.set_xlabel("t  (weights (1-t) a + t b)")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=7)
-    fig.suptitle("Loss along the random segment with the largest midpoint excess", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _segment_panel(
+            ax, probe.slice_t, probe.slice_loss, probe.midpoint.worst_values,
+            COLORS[probe.loss], _label(probe), "t  (weights (1-t) a + t b)", "chord a-b",
+        )  # fmt: skip
+    _save_panels(fig, "Loss along the random segment with the largest midpoint excess", path)
 
 
 def _plot_sign_flip(results: TheoryResults, path: Path) -> None:
-    flips = results.sign_flips
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, flip in zip(axes.T.ravel(), flips, strict=False):
+    for ax, flip in zip(axes.T.ravel(), results.sign_flips, strict=False):
         res = flip.result
-        ax.plot(flip.slice_t, flip.slice_loss, color=COLORS[flip.loss], label="loss")
-        ax.plot([0, 1], [res.loss_a, res.loss_b], "k--", lw=1, label="chord")
-        ax.plot([0.5], [res.loss_mid], "ko", ms=4, label="midpoint")
-        ax.set_title(_label(flip), fontsize=9)
-        ax.set_xlabel("t  (0: trained θ, 1: sign-flipped θ, 0.5: midpoint)")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=7)
-    fig.suptitle("Linear networks: a trained solution and its sign-flipped copy", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _segment_panel(
+            ax, flip.slice_t, flip.slice_loss, (res.loss_a, res.loss_b, res.loss_mid),
+            COLORS[flip.loss], _label(flip), "t  (0: trained θ, 1: sign-flipped θ, 0.5: midpoint)",
+            "chord",
+        )  # fmt: skip
+    _save_panels(fig, "Linear networks: a trained solution and its sign-flipped copy", path)
 
 
 def _plot_gradient(results: TheoryResults, path: Path) -> None:
