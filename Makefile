@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-study: setup  ## the whole study on params.yaml (dvc repro)
-	$(BIN)/dvc repro
+study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops only what depends on it)
+	$(BIN)/dvc repro --keep-going
 
 quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
 	$(BIN)/dvc exp run -S profile=quick
