@@ -40,7 +40,8 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy src
 
-bench: setup  ## sweep wall time, training time and orchestration overhead
+bench: setup  ## orchestration cost alone, then the sweep: flow against a plain PyTorch loop
+	$(BIN)/python benchmarks/bench_orchestration.py
 	$(BIN)/python benchmarks/bench_tune_mnist.py
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000
