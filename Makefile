@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# DVC stages call `digits` and `python`: the ones in the virtual environment.
+export PATH := $(abspath $(BIN)):$(PATH)
 # Prefect: no telemetry (its writes race the temporary server's SQLite into "database is locked").
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
