@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from digits import synthetic
 from digits.config import MIRRORS_ENV, DataConfig
@@ -149,8 +150,15 @@ def _download(url: str, target: Path, timeout_s: float, retries: int) -> None:
                 urllib.request.urlopen(url, timeout=timeout_s) as response,
                 open(target, "wb") as f,
             ):
-                shutil.copyfileobj(response, f, 1 << 20)
                 expected = response.headers.get("Content-Length")
+                with tqdm(
+                    total=int(expected) if expected else None, unit="B", unit_scale=True,
+                    unit_divisor=1024, desc=target.name.split(".part")[0].lstrip("."),
+                    leave=False, disable=None,
+                ) as progress:  # fmt: skip
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        progress.update(len(chunk))
             if expected is not None and target.stat().st_size != int(expected):
                 raise http.client.IncompleteRead(b"", int(expected) - target.stat().st_size)
             return
