@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import math
-
 import optuna
-import pytest
 
 from digits.config import OptunaSpace, SearchConfig, TrainConfig
 from digits.tuning import (
@@ -11,7 +8,6 @@ from digits.tuning import (
     make_study,
     random_configs,
     suggest_config,
-    summarize_grid,
 )
 
 BASE = TrainConfig(epochs=7, lr=3e-3, dropout=0.2)
@@ -78,23 +74,3 @@ def test_random_configs_are_seeded_and_within_the_space() -> None:
     assert configs == random_configs(search, BASE, seed=3)
     assert configs != random_configs(search, BASE, seed=4)
     assert len({c.activation for c in configs}) > 1
-
-
-def test_summarize_grid_has_the_table_1_layout() -> None:
-    relu, tanh = grid_configs(SearchConfig(activations=["relu", "tanh"], widths=[32]), BASE)
-    table = summarize_grid([(relu, [0.90, 0.92, 0.94]), (tanh, [0.80, 0.80, 0.80])])
-    assert list(table.columns) == [
-        "cell",
-        "activation",
-        "width",
-        "mean_cv_accuracy",
-        "std_cv_accuracy",
-        "fold_1_accuracy",
-        "fold_2_accuracy",
-        "fold_3_accuracy",
-    ]
-    assert table["cell"].tolist() == ["relu-32", "tanh-32"]
-    assert table.loc[0, "mean_cv_accuracy"] == pytest.approx(0.92)
-    assert table.loc[0, "std_cv_accuracy"] == pytest.approx(math.sqrt(0.0008 / 3))
-    assert table.loc[1, "std_cv_accuracy"] == pytest.approx(0.0)
-    assert table.loc[0, "fold_3_accuracy"] == pytest.approx(0.94)

@@ -1,17 +1,14 @@
 """Which configurations to train: the Table 1 grid, random draws, or Optuna's TPE (ask/tell).
 
 All three produce `TrainConfig`s from a base configuration; the strategies only change the fields
-they search. `summarize_grid` lays cross-validation results out as the original study's Table 1.
+they search. The Table 1 layout of the results is `digits.mnist_report.tuning_table`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import optuna
-import pandas as pd
 
 from digits.config import OptunaSpace, SearchConfig, TrainConfig
 
@@ -74,30 +71,3 @@ def random_configs(search: SearchConfig, base: TrainConfig, seed: int) -> list[T
     """
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [suggest_config(study.ask(), search.space, base) for _ in range(search.n_trials)]
-
-
-def summarize_grid(results: Iterable[tuple[TrainConfig, Sequence[float]]]) -> pd.DataFrame:
-    """Table 1: one row per cell with the mean, spread and per-fold validation accuracies.
-
-    Args:
-        results: (configuration, fold accuracies in fold order) per cell; every cell has the same
-            number of folds.
-
-    Returns:
-        Columns `cell` ("relu-256"), `activation`, `width`, `mean_cv_accuracy`, `std_cv_accuracy`
-        (population standard deviation over folds, ddof=0), then `fold_1_accuracy`, ... in order.
-        Rows keep the order of `results`.
-    """
-    rows = []
-    for cfg, accuracies in results:
-        scores = np.asarray(accuracies, dtype=float)
-        row: dict[str, Any] = {
-            "cell": f"{cfg.activation}-{cfg.width}",
-            "activation": cfg.activation,
-            "width": cfg.width,
-            "mean_cv_accuracy": float(scores.mean()),
-            "std_cv_accuracy": float(scores.std()),
-        }
-        row.update({f"fold_{i}_accuracy": float(s) for i, s in enumerate(scores, start=1)})
-        rows.append(row)
-    return pd.DataFrame(rows)
