@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import time
 from collections import deque
@@ -133,8 +134,8 @@ def _record_trial(trial: Trial, folds: int) -> None:
         tracking.record_failed_run(EXPERIMENT, trial.name, params, trial.failure)
         return
     accuracies = [trial.results[k].val_accuracy for k in sorted(trial.results)]
-    mean = sum(accuracies) / len(accuracies)
-    std = (sum((a - mean) ** 2 for a in accuracies) / max(len(accuracies) - 1, 1)) ** 0.5
+    mean = statistics.fmean(accuracies)
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     tags = {"pruned": "true"} if len(accuracies) < folds else {}
     with tracking.start_run(EXPERIMENT, trial.name, params=params, tags=tags, nested=True):
         tracking.log_metrics(
