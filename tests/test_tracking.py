@@ -85,3 +85,19 @@ def test_promote_by_hand_and_unknown_version(store: Path) -> None:
     )
     with pytest.raises(DigitsError, match="version '99' is not registered; known versions: 1"):
         tracking.promote("manual-model", "99")
+
+
+def test_cli_promote_of_an_unknown_model_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digits.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--params", str(params), "promote", "no-such-model", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "digits: error: model 'no-such-model' version '1' is not registered; known versions: none"
+    ]

@@ -11,6 +11,7 @@ workers may sit on other machines that cannot reach a local SQLite file, and one
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +33,8 @@ _state: dict[str, str] = {}
 def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the store from params (or ``MLFLOW_TRACKING_URI``); returns the URI used."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    # A new SQLite store announces its table creation on stderr; it is routine, not news.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
