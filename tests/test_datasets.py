@@ -336,3 +336,20 @@ def test_synthetic_generators_are_deterministic(tmp_path):
     x1 = scipy.io.loadmat(synthetic.write_svhn_mat(tmp_path / "d", 20, 10, seed=5)[0])["X"]
     x2 = scipy.io.loadmat(synthetic.write_svhn_mat(tmp_path / "e", 20, 10, seed=5)[0])["X"]
     np.testing.assert_array_equal(x1, x2)
+
+
+def test_pulled_and_prepared_data_get_the_umask_mode(data_cfg, fixture_mnist_mirror):
+    """Temporary files are private (0600/0700); the published data is not."""
+    import os
+
+    mirror, resources = fixture_mnist_mirror
+    cfg = _with_mirror(data_cfg, mirror)
+    umask = os.umask(0o022)
+    try:
+        pull("mnist", cfg, resources=resources)
+        prepare("mnist", cfg)
+    finally:
+        os.umask(umask)
+    raw_file = cfg.root / "raw/mnist/train-images-idx3-ubyte.gz"
+    assert raw_file.stat().st_mode & 0o777 == 0o644
+    assert (cfg.root / "prepared/mnist").stat().st_mode & 0o777 == 0o755

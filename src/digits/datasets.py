@@ -198,7 +198,7 @@ def _fetch(raw_file: RawFile, dataset: str, raw_dir: Path, cfg: DataConfig) -> P
                 raise _SourceFailed(str(error).split(": ", 1)[-1]) from None
             if actual != raw_file.md5:
                 raise _SourceFailed(f"MD5 {actual}, expected {raw_file.md5}")
-            os.replace(tmp, destination)
+            os.replace(_with_default_mode(tmp), destination)
             return destination
         except _SourceFailed as error:
             tried.append(f"{source} ({error})")
@@ -210,6 +210,18 @@ def _fetch(raw_file: RawFile, dataset: str, raw_dir: Path, cfg: DataConfig) -> P
         "(or data.mirrors in params.yaml) to that directory or URL prefix, or check the network "
         "connection"
     )
+
+
+def _with_default_mode(path: Path) -> Path:
+    """Give a `tempfile`-made file (0600) or directory (0700) the mode the umask would give it.
+
+    The temporary names keep partial output hidden; once complete, the data is as readable as
+    any other file the user writes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    return path
 
 
 def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
@@ -241,7 +253,7 @@ def _pull_synthetic_svhn(raw_dir: Path, cfg: DataConfig) -> list[Path]:
             "files": {p.name: {"md5": content_md5(p), "gunzip": False} for p in paths},
         }
         _write_json_atomic(tmp_dir / RAW_RECORD, record)
-        os.replace(tmp_dir, raw_dir)
+        os.replace(_with_default_mode(tmp_dir), raw_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -502,7 +514,7 @@ def prepare(dataset: str, cfg: DataConfig) -> Path:
         shutil.rmtree(old, ignore_errors=True)
         if out_dir.exists():
             os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
+        os.replace(_with_default_mode(tmp_dir), out_dir)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
