@@ -104,32 +104,31 @@ def test_concave_function_violates_everywhere() -> None:
 # ----------------------------------------------------------------------------- question 1
 
 
+def _probe_logistic(model: str, loss: str, binary_data, multiclass_data):  # type: ignore[no-untyped-def]
+    """Hessian and midpoint probes of binary or 3-class logistic regression under `loss`."""
+    if model == "binary":
+        x, y = binary_data
+        loss_fn, dim = logistic_loss(x, y, loss), 4
+    else:
+        x, y = multiclass_data
+        loss_fn, dim = softmax_loss(x, y, loss, n_classes=3), 12
+    hessian = hessian_min_eigenvalues(loss_fn, dim, 20, 3.0, _generator())
+    midpoint = midpoint_violations(loss_fn, dim, 200, 3.0, _generator())
+    return hessian, midpoint
+
+
 @pytest.mark.parametrize("model", ["binary", "softmax"])
 def test_cross_entropy_of_logistic_regression_shows_no_violation(
     model: str, binary_data, multiclass_data
 ) -> None:
-    if model == "binary":
-        x, y = binary_data
-        loss_fn, dim = logistic_loss(x, y, "ce"), 4
-    else:
-        x, y = multiclass_data
-        loss_fn, dim = softmax_loss(x, y, "ce", n_classes=3), 12
-    hessian = hessian_min_eigenvalues(loss_fn, dim, 20, 3.0, _generator())
-    midpoint = midpoint_violations(loss_fn, dim, 200, 3.0, _generator())
+    hessian, midpoint = _probe_logistic(model, "ce", binary_data, multiclass_data)
     assert hessian.n_negative == 0
     assert midpoint.n_violations == 0
 
 
 @pytest.mark.parametrize("model", ["binary", "softmax"])
 def test_mse_of_logistic_regression_violates(model: str, binary_data, multiclass_data) -> None:
-    if model == "binary":
-        x, y = binary_data
-        loss_fn, dim = logistic_loss(x, y, "mse"), 4
-    else:
-        x, y = multiclass_data
-        loss_fn, dim = softmax_loss(x, y, "mse", n_classes=3), 12
-    hessian = hessian_min_eigenvalues(loss_fn, dim, 20, 3.0, _generator())
-    midpoint = midpoint_violations(loss_fn, dim, 200, 3.0, _generator())
+    hessian, midpoint = _probe_logistic(model, "mse", binary_data, multiclass_data)
     assert hessian.n_negative > 0
     assert midpoint.n_violations > 0
 
