@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from digits.runner import set_prefect_defaults
+from digits.edges.runner import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -25,7 +25,7 @@ from prefect.futures import as_completed  # noqa: E402
 
 from digits import tracking  # noqa: E402
 from digits.config import ComputeConfig, TrackingConfig  # noqa: E402
-from digits.runner import shared_prefect_api, task_runner  # noqa: E402
+from digits.edges.runner import shared_prefect_api, task_runner  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)

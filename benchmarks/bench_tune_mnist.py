@@ -22,8 +22,8 @@ import yaml
 
 from digits.config import Params, params_from_dict
 from digits.crossval import stratified_folds
-from digits.mnist import evaluate_fold, load_mnist_arrays
-from digits.training import select_device
+from digits.studies.mnist_mlp import evaluate_fold, load_mnist_arrays
+from digits.training.loop import select_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def flow_sweep(params_path: Path, workdir: Path) -> dict:
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.runner import shared_prefect_api, task_runner
+    from digits.edges.runner import shared_prefect_api, task_runner
 
     runner = task_runner(load_params(params_path).compute)
     started = time.perf_counter()
@@ -117,7 +117,7 @@ def main() -> None:
         params_path = workdir / "params.yaml"
         params_path.write_text(yaml.safe_dump(raw))
         summary = flow_sweep(params_path, workdir)
-    from digits.runner import plan_placement
+    from digits.edges.runner import plan_placement
 
     workers = max(plan_placement(params.compute).workers, 1)
     sweep, train, startup = (

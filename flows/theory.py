@@ -1,7 +1,8 @@
 """Prefect flow: is cross-entropy or MSE convex in the weights? Measured on real MNIST.
 
-One task runs the probes of `digits.convexity` (exact Hessians, midpoint checks, random starts,
-sign flips of linear networks); the flow writes reports/theory/ with `digits.theory_report` and
+One task runs the probes of `digits.studies.convexity` (exact Hessians, midpoint checks, random
+starts,
+sign flips of linear networks); the flow writes reports/theory/ with `digits.reports.theory` and
 records the run, its numbers and the report in MLflow.
 
     python flows/theory.py [--params params.yaml]
@@ -14,17 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.runner import set_prefect_defaults
+from digits.edges.runner import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from digits import tracking
 from digits.config import TheoryConfig, load_params
-from digits.convexity import TheoryResults, run_theory
-from digits.theory_report import flat_metrics, results_summary, write_report
+from digits.edges import tracking
+from digits.reports.theory import flat_metrics, results_summary, write_report
+from digits.studies.convexity import TheoryResults, run_theory
 
 REPORT_DIR = Path("reports/theory")
 EXPERIMENT = "theory"
@@ -33,7 +34,7 @@ EXPERIMENT = "theory"
 @task(cache_policy=NO_CACHE, persist_result=False)
 def measure_convexity(data_root: Path, cfg: TheoryConfig, seed: int) -> TheoryResults:
     """Load the MNIST training split and run every convexity probe on it."""
-    from digits.datasets import load_split
+    from digits.data.arrays import load_split
 
     logger = get_run_logger()
     images, labels = load_split("mnist", data_root, "train")
@@ -43,7 +44,7 @@ def measure_convexity(data_root: Path, cfg: TheoryConfig, seed: int) -> TheoryRe
 @flow(name="theory")
 def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)) -> dict:
     """Measure loss convexity, write the report, record it in MLflow; returns the verdicts."""
-    from digits.datasets import prepared_checksum
+    from digits.data.arrays import prepared_checksum
 
     logger = get_run_logger()
     params = load_params(params_path)
@@ -73,8 +74,8 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
 
 
 def main() -> None:
-    from digits.cli import run_or_exit
-    from digits.runner import shared_prefect_api
+    from digits.edges.cli import run_or_exit
+    from digits.edges.runner import shared_prefect_api
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")

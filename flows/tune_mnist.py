@@ -1,8 +1,8 @@
 """Prefect flow: tune the MNIST dense network with cross-validation, retrain the best, test it once.
 
-Each (configuration, fold) is one task, spread over every device by `digits.runner` (one Dask worker
+Each (configuration, fold) is one task, spread over every device by `digits.edges.runner` (one Dask worker
 per GPU, a CPU LocalCluster, or an existing cluster). The flow decides what runs where and in what
-order and records what comes back in MLflow; the computing is `digits.mnist`'s.
+order and records what comes back in MLflow; the computing is `digits.studies.mnist_mlp`'s.
 
     python flows/tune_mnist.py [--params params.yaml]
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digits.runner import set_prefect_defaults
+from digits.edges.runner import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -28,20 +28,26 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from digits import tracking
 from digits.config import ComputeConfig, Params, TrainConfig, load_params
 from digits.crossval import stratified_folds
-from digits.errors import TrainingDiverged
-from digits.mnist import FinalResult, FoldResult, evaluate_fold, fit_final, load_mnist_arrays
-from digits.mnist_report import tuning_table, write_mnist_report
-from digits.runner import (
+from digits.edges import tracking
+from digits.edges.runner import (
     configure_worker_threads,
     plan_placement,
     shared_prefect_api,
     task_runner,
 )
-from digits.training import select_device
-from digits.tuning import grid_configs, make_study, random_configs, suggest_config
+from digits.errors import TrainingDiverged
+from digits.reports.mnist import tuning_table, write_mnist_report
+from digits.search import grid_configs, make_study, random_configs, suggest_config
+from digits.studies.mnist_mlp import (
+    FinalResult,
+    FoldResult,
+    evaluate_fold,
+    fit_final,
+    load_mnist_arrays,
+)
+from digits.training.loop import select_device
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
@@ -267,7 +273,7 @@ def tune_mnist(
     params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)
 ) -> dict[str, Any]:
     """Cross-validated tuning sweep, final retrain and test, all recorded in MLflow."""
-    from digits.datasets import prepared_checksum
+    from digits.data.arrays import prepared_checksum
 
     logger = get_run_logger()
     params = load_params(params_path)
@@ -409,7 +415,7 @@ def tune_mnist(
 
 
 def main() -> None:
-    from digits.cli import run_or_exit
+    from digits.edges.cli import run_or_exit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")

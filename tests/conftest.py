@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from torchvision.datasets import MNIST, SVHN
 
-from digits import datasets, synthetic
 from digits.config import MIRRORS_ENV, DataConfig
-from digits.datasets import RawFile, content_md5
+from digits.data import sources, synthetic
+from digits.data.sources import RawFile, content_md5
 
 # Read before the autouse fixture below clears it for every test.
 REAL_MIRRORS = [m for m in os.environ.get(MIRRORS_ENV, "").split(os.pathsep) if m]
@@ -36,7 +36,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
         "split_list",
         {k: [f"{UNREACHABLE}/svhn/{v[1]}", v[1], v[2]] for k, v in SVHN.split_list.items()},
     )
-    monkeypatch.setattr(datasets, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(sources, "BACKOFF_BASE_S", 0.01)
 
 
 def fixture_resources(directory: Path) -> list[RawFile]:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits.cli import main
 from digits.config import load_params, params_from_dict
+from digits.edges.cli import main
 from digits.errors import DigitsError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from digits.config import TheoryConfig
-from digits.convexity import (
+from digits.reports.theory import FIGURES, write_report
+from digits.studies.convexity import (
     LinearNetwork,
     TheoryResults,
     gradient_descent,
@@ -27,7 +28,6 @@ from digits.convexity import (
     sign_flip_violation,
     softmax_loss,
 )
-from digits.theory_report import FIGURES, write_report
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,16 +13,12 @@ import scipy.io
 import yaml
 
 from conftest import MNIST_TEST, MNIST_TRAIN, SVHN_TEST, SVHN_TRAIN, UNREACHABLE, fixture_resources
-from digits import cli, synthetic
 from digits.config import DataConfig
-from digits.datasets import (
-    RAW_RECORD,
-    is_synthetic,
-    load_split,
-    prepare,
-    prepared_checksum,
-    pull,
-)
+from digits.data import synthetic
+from digits.data.arrays import is_synthetic, load_split, prepared_checksum
+from digits.data.prepare import prepare
+from digits.data.sources import RAW_RECORD, pull
+from digits.edges import cli
 from digits.errors import DataError
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from digits import datasets
 from digits.config import DataConfig
+from digits.data import arrays, prepare, sources
 from digits.errors import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def prefect_api() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    from digits.runner import shared_prefect_api
+    from digits.edges.runner import shared_prefect_api
 
     with prefect_test_harness(server_startup_timeout=120), shared_prefect_api():
         yield
@@ -35,8 +35,8 @@ def tiny_study(
     """Prepared 200/50 MNIST-format data, an MLflow store and a params file, all under tmp_path."""
     mirror, resources = fixture_mnist_mirror
     data_cfg = DataConfig(root=tmp_path / "data", mirrors=[str(mirror)])
-    datasets.pull("mnist", data_cfg, resources=resources)
-    datasets.prepare("mnist", data_cfg)
+    sources.pull("mnist", data_cfg, resources=resources)
+    prepare.prepare("mnist", data_cfg)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["root"] = str(data_cfg.root)
@@ -62,9 +62,9 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
 ) -> None:
     from flows.tune_mnist import tune_mnist
 
-    from digits import tracking
     from digits.config import load_params
-    from digits.runner import task_runner
+    from digits.edges import tracking
+    from digits.edges.runner import task_runner
 
     runner = task_runner(load_params(tiny_study).compute)
     summary = tune_mnist.with_options(task_runner=runner)(str(tiny_study), str(tmp_path / "report"))
@@ -82,7 +82,7 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     version = MlflowClient().get_model_version("tiny-mlp", summary["model_version"])
     assert version.run_id == final.info.run_id
     assert {"data_checksum", "git_commit", "params"} <= set(version.tags)
-    assert version.tags["data_checksum"] == datasets.prepared_checksum(
+    assert version.tags["data_checksum"] == arrays.prepared_checksum(
         "mnist", load_params(tiny_study).data.root
     )
     assert (tmp_path / "report" / "tuning.csv").read_text().count("\n") == 5

@@ -6,7 +6,7 @@ import torch
 
 from digits.config import TrainConfig
 from digits.crossval import stratified_folds
-from digits.mnist import (
+from digits.studies.mnist_mlp import (
     MnistArrays,
     RawPixelClassifier,
     evaluate_fold,
@@ -83,7 +83,7 @@ def test_fit_final_scores_the_test_set_with_a_raw_pixel_model() -> None:
 
 
 def test_load_mnist_arrays_takes_stratified_subsets(monkeypatch, tmp_path) -> None:
-    import digits.datasets
+    import digits.data.sources
 
     splits = {"train": fake_digits(500, seed=0), "test": fake_digits(200, seed=1)}
 
@@ -93,7 +93,7 @@ def test_load_mnist_arrays_takes_stratified_subsets(monkeypatch, tmp_path) -> No
         images, labels = splits[split]
         return images[..., None], labels
 
-    monkeypatch.setattr(digits.datasets, "load_split", fake_load_split, raising=False)
+    monkeypatch.setattr(digits.data.sources, "load_split", fake_load_split, raising=False)
     arrays = load_mnist_arrays(tmp_path, train_subset=100, test_subset=None, seed=0)
     assert isinstance(arrays, MnistArrays)
     assert arrays.train_images.shape == (100, 28, 28, 1) and arrays.train_images.dtype == np.uint8

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from digits.metrics import classification_metrics
-from digits.mnist_report import ORIGINAL_TABLE1, tuning_table, write_mnist_report
+from digits.reports.mnist import ORIGINAL_TABLE1, tuning_table, write_mnist_report
 
 
 def _trial(name: str, activation: str, width: int, folds: list[float]) -> dict:

@@ -3,8 +3,8 @@
 import pytest
 
 from digits.config import ComputeConfig
+from digits.edges.runner import plan_placement, task_runner
 from digits.errors import DigitsError
-from digits.runner import plan_placement, task_runner
 
 
 def test_address_from_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:

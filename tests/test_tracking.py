@@ -7,8 +7,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from digits import tracking
 from digits.config import TrackingConfig
+from digits.edges import tracking
 from digits.errors import DigitsError
 
 
@@ -90,7 +90,7 @@ def test_promote_by_hand_and_unknown_version(store: Path) -> None:
 def test_cli_promote_of_an_unknown_model_is_one_line_and_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from digits.cli import main
+    from digits.edges.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -6,7 +6,7 @@ import torch
 from digits.config import TrainConfig
 from digits.errors import DigitsError, TrainingDiverged
 from digits.models import build_model
-from digits.training import EpochStats, predict, select_device, train
+from digits.training.loop import EpochStats, predict, select_device, train
 
 CPU = torch.device("cpu")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import optuna
 
 from digits.config import OptunaSpace, SearchConfig, TrainConfig
-from digits.tuning import (
+from digits.search import (
     grid_configs,
     make_study,
     random_configs,

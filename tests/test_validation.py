@@ -14,9 +14,10 @@ import pytest
 
 from conftest import MNIST_TEST, MNIST_TRAIN, REAL_MIRRORS
 from digits.config import DataConfig, ValidationConfig
-from digits.datasets import prepare, pull
+from digits.data.prepare import prepare
+from digits.data.sources import pull
+from digits.edges.validation import validate
 from digits.errors import DataError
-from digits.validation import validate
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on the machines this runs on
 import matplotlib.pyplot as plt
 import numpy as np
 
-from digits.convexity import (
+from digits.studies.convexity import (
     EIG_RTOL,
     LOSS_LABELS,
     MIDPOINT_RTOL,

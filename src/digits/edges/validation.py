@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from digits.config import DataConfig, ValidationConfig
-from digits.datasets import IMAGE_SHAPES, METADATA, load_split, read_manifest
+from digits.data.arrays import load_split, read_manifest
+from digits.data.sources import IMAGE_SHAPES, METADATA
 from digits.errors import DataError
 
 # Sizes of the official splits.

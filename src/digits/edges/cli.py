@@ -36,19 +36,19 @@ def _fail(message: str) -> NoReturn:
 
 
 def _pull(params: Params, dataset: str) -> None:
-    from digits.datasets import pull
+    from digits.data.sources import pull
 
     pull(dataset, params.data)
 
 
 def _prepare(params: Params, dataset: str) -> None:
-    from digits.datasets import prepare
+    from digits.data.prepare import prepare
 
     prepare(dataset, params.data)
 
 
 def _validate(params: Params, dataset: str) -> None:
-    from digits.validation import validate
+    from digits.edges.validation import validate
 
     validate(dataset, params.data, params.validation, reports_dir=Path("reports/validation"))
 
@@ -61,7 +61,7 @@ COMMANDS: dict[str, Callable[[Params, str], None]] = {
 
 
 def _promote(params: Params, model: str, version: str, alias: str) -> None:
-    from digits import tracking
+    from digits.edges import tracking
 
     tracking.configure(params.tracking)
     tracking.promote(model, version, alias)

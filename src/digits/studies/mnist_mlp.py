@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from digits.config import TrainConfig
 from digits.metrics import ClassificationMetrics, classification_metrics
 from digits.models import build_model
-from digits.training import EpochStats, predict, train
+from digits.training.loop import EpochStats, predict, train
 
 N_PIXELS = 28 * 28
 N_CLASSES = 10
@@ -160,7 +160,7 @@ def load_mnist_arrays(
     Raises:
         DataError: from `digits.datasets.load_split` when the prepared data is missing or corrupt.
     """
-    from digits.datasets import load_split  # the data module is heavier; import on use
+    from digits.data.sources import load_split  # the data module is heavier; import on use
 
     arrays = []
     for split, size in (("train", train_subset), ("test", test_subset)):
