@@ -18,13 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from digits.errors import DigitsError
 
-Activation = Literal["relu", "tanh", "sigmoid"]
 DatasetName = Literal["mnist", "svhn"]
-ACTIVATIONS: tuple[Activation, ...] = ("relu", "tanh", "sigmoid")
-
-
-def _all_activations() -> list[Activation]:
-    return list(ACTIVATIONS)
 
 
 def _duplicate_bounds() -> dict[DatasetName, int]:
@@ -87,6 +81,10 @@ class ComputeConfig(_Strict):
     )
     task_retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
+    checkpoint_dir: Path = Field(
+        Path(".checkpoints"),
+        description="Per-epoch training state of running tasks; a retried task resumes from it.",
+    )
 
     def scheduler_address(self) -> str | None:
         return os.environ.get(DASK_ADDRESS_ENV) or self.dask_address
@@ -100,62 +98,217 @@ class TrackingConfig(_Strict):
     experiment_prefix: str = Field("digits", min_length=1)
 
 
-class TrainConfig(_Strict):
-    """One training run of a dense network."""
+class ModelSpec(_Strict):
+    """A registered model and its arguments (checked against the model's own argument schema)."""
 
-    depth: int = Field(3, ge=1, le=8, description="Number of hidden layers.")
-    width: int = Field(256, ge=1, le=4096)
-    activation: Activation = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(15, ge=1, le=1000)
-    batch_size: int = Field(512, ge=1, le=65536)
-    lr: float = Field(1e-3, gt=0, le=10)
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    name: str = "mlp"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_model_and_args(self) -> ModelSpec:
+        from digits.models import parse_args
+
+        try:
+            parse_args(self.name, self.args)
+        except DigitsError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def with_args(self, **update: Any) -> ModelSpec:
+        return ModelSpec(name=self.name, args={**self.args, **update})
+
+
+class AugmentConfig(_Strict):
+    """Random per-batch changes to the training images, applied on the device.
+
+    Digits must keep their identity, so there is no horizontal (or vertical) flip: a mirrored
+    2, 3, 4, 5, 7 or 9 is not that digit.
+    """
+
+    translate: int = Field(0, ge=0, le=16, description="Largest shift, in source pixels.")
+    rotate_deg: float = Field(0.0, ge=0, le=45, description="Largest rotation, either way.")
+    brightness: float = Field(0.0, ge=0, lt=1, description="Largest relative brightness change.")
+    contrast: float = Field(0.0, ge=0, lt=1, description="Largest relative contrast change.")
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.translate, self.rotate_deg, self.brightness, self.contrast))
+
+
+class OptimConfig(_Strict):
+    """How a model is trained: optimiser, schedule, epochs, batches, regularisation, augmenting."""
+
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine: anneal the rate to 0 over the run, step by step."
     )
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(512, ge=1, le=65536)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    backbone_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Learning rate of a pretrained backbone relative to `lr` (the new head "
+        "always trains at `lr`).",
+    )
+    eval_batch_size: int = Field(8192, ge=1, le=1_000_000)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-class OptunaSpace(_Strict):
-    """The wider space the `random` and `optuna` strategies search."""
+class Recipe(_Strict):
+    """What one training run trains (`model`) and how (`optim`): one trial of a sweep."""
 
-    activations: list[Activation] = Field(default_factory=_all_activations)
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512, 1024])
-    depths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    batch_sizes: list[int] = Field(default_factory=lambda: [128, 256, 512, 1024])
-    dropout: tuple[float, float] = (0.0, 0.5)
-    epochs: list[int] = Field(default_factory=lambda: [10, 15, 20, 30])
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
 
-    @field_validator("lr", "dropout")
+    def updated(self, values: dict[str, dict[str, Any]]) -> Recipe:
+        """A copy with `values` ({"model": {arg: value}, "optim": {field: value}}) applied.
+
+        Raises:
+            pydantic.ValidationError: when a value is outside what the model or optimiser allows.
+        """
+        model = {**self.model.args, **values.get("model", {})}
+        optim = _deep_merge(self.optim.model_dump(), values.get("optim", {}))
+        return Recipe.model_validate(
+            {"model": {"name": self.model.name, "args": model}, "optim": optim}
+        )
+
+
+class Dimension(_Strict):
+    """One searched setting: a list of `choices`, or a range `low`..`high` (`log`: log-uniform)."""
+
+    choices: list[Any] | None = Field(None, min_length=1)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="before")
     @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] > value[1]:
-            raise ValueError(f"low must not exceed high, got {list(value)}")
-        return value
+    def _list_is_choices(cls, value: Any) -> Any:
+        # `width: [32, 64]` is shorthand for `width: {choices: [32, 64]}`.
+        return {"choices": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _choices_or_range(self) -> Dimension:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either choices or both low and high")
+        if self.low is not None and self.high is not None:
+            if self.low > self.high:
+                raise ValueError(f"low {self.low} exceeds high {self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range must start above 0, got low {self.low}")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+class SearchSpace(_Strict):
+    """Searched settings: model arguments under `model`, optimisation settings under `optim`."""
+
+    model: dict[str, Dimension] = Field(default_factory=dict)
+    optim: dict[str, Dimension] = Field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, str, Dimension]]:
+        return [("model", k, d) for k, d in self.model.items()] + [
+            ("optim", k, d) for k, d in self.optim.items()
+        ]
 
 
 class SearchConfig(_Strict):
-    """How configurations are chosen."""
+    """How trials are chosen.
+
+    `grid` trains every combination of `grid` (the first key outermost); `random` and `optuna`
+    draw `n_trials` points of `space` (Optuna's TPE with median pruning after each fold).
+    """
 
     strategy: Literal["grid", "random", "optuna"] = "grid"
-    activations: list[Activation] = Field(default_factory=_all_activations, min_length=1)
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
+    grid: SearchSpace = Field(default_factory=SearchSpace)
+    space: SearchSpace = Field(default_factory=SearchSpace)
     n_trials: int = Field(30, ge=1, le=10000)
-    space: OptunaSpace = Field(default_factory=OptunaSpace)
+
+    @model_validator(mode="after")
+    def _grid_is_lists(self) -> SearchConfig:
+        for part, key, dim in self.grid.items():
+            if dim.choices is None:
+                raise ValueError(f"grid.{part}.{key}: a grid takes choices, not a range")
+        return self
+
+
+def _check_search(search: SearchConfig, base: Recipe) -> None:
+    """Every searched value applied to `base` alone must be a valid recipe (named when not)."""
+    for section, space in (("grid", search.grid), ("space", search.space)):
+        for part, key, dim in space.items():
+            for value in dim.values_to_check():
+                try:
+                    base.updated({part: {key: value}})
+                except ValidationError as error:
+                    item = error.errors()[0]
+                    raise ValueError(
+                        f"{section}.{part}.{key}: value {value!r} refused: {item['msg']}"
+                    ) from None
 
 
 class MnistConfig(_Strict):
-    """The dense-network part of the study."""
+    """The dense-network part of the study: a cross-validated search, then one final fit."""
 
     folds: int = Field(3, ge=2, le=20)
     train_subset: int | None = Field(None, ge=100)
     test_subset: int | None = Field(None, ge=100)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    recipe: Recipe = Field(default_factory=Recipe)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    registered_model: str = "mnist-mlp"
+    registered_model: str = Field("mnist-mlp", min_length=1)
+
+    @model_validator(mode="after")
+    def _search_fits_recipe(self) -> MnistConfig:
+        _check_search(self.search, self.recipe)
+        return self
+
+
+class ZooConfig(_Strict):
+    """The classifier zoo: several registered models trained on one data set and compared."""
+
+    train_subset: int | None = Field(None, ge=100)
+    test_subset: int | None = Field(None, ge=100)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    train: dict[DatasetName, list[str]] = Field(
+        default_factory=dict,
+        description="Which of `models` each data set's stage trains, by label.",
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    per_model: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Optimisation settings that differ for one model, by its label in `models`.",
+    )
+    registered_model_prefix: str = Field("zoo", min_length=1)
+
+    @model_validator(mode="after")
+    def _overrides_name_models(self) -> ZooConfig:
+        for dataset, labels in self.train.items():
+            for label in labels:
+                if label not in self.models:
+                    raise ValueError(
+                        f"train.{dataset}: no model {label!r} in zoo.models "
+                        f"(have: {', '.join(self.models) or 'none'})"
+                    )
+        for label in self.per_model:
+            if label not in self.models:
+                raise ValueError(
+                    f"per_model.{label}: no such model in zoo.models "
+                    f"(have: {', '.join(self.models) or 'none'})"
+                )
+            self.recipe(label).optim  # noqa: B018  (validates the override)
+        return self
+
+    def recipe(self, label: str) -> Recipe:
+        """The recipe of model `label`: its spec, the shared optim and its overrides."""
+        base = Recipe(model=self.models[label], optim=self.optim)
+        return base.updated({"optim": self.per_model.get(label, {})})
 
 
 class TheoryConfig(_Strict):
@@ -190,6 +343,7 @@ class Params(_Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     mnist: MnistConfig = Field(default_factory=MnistConfig)
+    zoo: ZooConfig = Field(default_factory=ZooConfig)
     theory: TheoryConfig = Field(default_factory=TheoryConfig)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -228,8 +382,18 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _validated(raw: dict[str, Any], source: str) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise DigitsError(f"{source}: {_describe(error)}") from None
+
+
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a raw mapping, applying the overrides of its `profile`.
+
+    Every profile is checked, not only the active one: a typo under `profiles.quick` is found
+    when the full study loads, not when someone first runs the quick profile.
 
     Raises:
         DigitsError: naming each bad key, its value and what is allowed.
@@ -240,30 +404,63 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
         )
     profile = raw.get("profile", "full")
     profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise DigitsError(f"{source}: profiles: expected a mapping of profile names to overrides")
+    if profile != "full" and profile not in profiles:
+        allowed = ", ".join(["full", *sorted(profiles)])
+        raise DigitsError(f"{source}: profile: unknown profile {profile!r}; allowed: {allowed}")
+    for name, overrides in profiles.items():
+        if name == profile:
+            continue
+        if not isinstance(overrides, dict):
+            raise DigitsError(f"{source}: profiles.{name}: expected a mapping of overrides")
+        _validated(_deep_merge(raw, overrides) | {"profile": name}, f"{source} (profiles.{name})")
     if profile != "full":
-        if not isinstance(profiles, dict) or profile not in profiles:
-            allowed = (
-                ", ".join(["full", *sorted(profiles)]) if isinstance(profiles, dict) else "full"
-            )
-            raise DigitsError(f"{source}: profile: unknown profile {profile!r}; allowed: {allowed}")
         raw = _deep_merge(raw, profiles[profile])
+    return _validated(raw, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML lets the last one win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, refusing duplicate keys.
+
+    Raises:
+        DigitsError: naming the file, the line and the problem.
+    """
     try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        raise DigitsError(f"{source}: {_describe(error)}") from None
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" line {where.line + 1}:" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise DigitsError(f"{path}:{line} not valid YAML: {problem}") from None
 
 
 def load_params(
     path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> Params:
-    """Load and validate `params.yaml` (plus optional dotted-key-free overrides, merged on top)."""
+    """Load and validate `params.yaml` (plus optional nested overrides, merged on top)."""
     path = Path(path)
     if not path.is_file():
         raise DigitsError(f"{path}: parameters file not found; run from the repository root")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise DigitsError(f"{path}: not valid YAML: {error}") from None
+    raw = read_yaml(path) or {}
     if overrides:
         raw = _deep_merge(raw, overrides)
     return params_from_dict(raw, source=str(path))

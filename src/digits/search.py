@@ -1,61 +1,80 @@
-"""Which configurations to train: the Table 1 grid, random draws, or Optuna's TPE (ask/tell).
+"""Which recipes to train: a grid, random draws, or Optuna's TPE (ask/tell), over any setting.
 
-All three produce `TrainConfig`s from a base configuration; the strategies only change the fields
-they search. The Table 1 layout of the results is `digits.mnist_report.tuning_table`.
+A search varies the arguments of the registered model (`model.<arg>`) and the optimisation
+settings (`optim.<field>`) of a base `Recipe`; every other setting comes from the base. The Table 1
+grid is one such search: the MLP's activation × width.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import optuna
 
-from digits.config import OptunaSpace, SearchConfig, TrainConfig
+from digits.config import Dimension, Recipe, SearchConfig, SearchSpace
+
+Values = dict[str, dict[str, Any]]
+"""Searched values of one trial: {"model": {arg: value}, "optim": {field: value}}."""
 
 
-def _with(base: TrainConfig, **update: Any) -> TrainConfig:
-    # Re-validate so a searched value outside TrainConfig's bounds fails loudly, here.
-    return TrainConfig.model_validate({**base.model_dump(), **update})
+def grid_values(grid: SearchSpace) -> list[Values]:
+    """Every combination of the grid's choices, the first key outermost, in the given order."""
+    axes = grid.items()
+    combos = itertools.product(*(dim.choices or [] for _, _, dim in axes))
+    out: list[Values] = []
+    for combo in combos:
+        values: Values = {"model": {}, "optim": {}}
+        for (part, key, _), value in zip(axes, combo, strict=True):
+            values[part][key] = value
+        out.append(values)
+    return out
 
 
-def grid_configs(search: SearchConfig, base: TrainConfig) -> list[TrainConfig]:
-    """One configuration per (activation, width) cell, activations outermost, in the given order.
+def _suggest(trial: optuna.Trial, name: str, dim: Dimension) -> Any:
+    if dim.choices is not None:
+        return trial.suggest_categorical(name, list(dim.choices))
+    assert dim.low is not None and dim.high is not None  # guaranteed by Dimension
+    if dim.integer:
+        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
 
-    With the default `SearchConfig` these are the 12 cells of Table 1: relu/tanh/sigmoid ×
-    32/64/128/256 units; every other field comes from `base`.
+
+def suggest_values(trial: optuna.Trial, space: SearchSpace) -> Values:
+    """Ask `trial` for one point of `space` (parameter names `model.<arg>`, `optim.<field>`)."""
+    values: Values = {"model": {}, "optim": {}}
+    for part, key, dim in space.items():
+        values[part][key] = _suggest(trial, f"{part}.{key}", dim)
+    return values
+
+
+def random_values(space: SearchSpace, n_trials: int, seed: int) -> list[Values]:
+    """`n_trials` points drawn uniformly from `space` (log-uniform where `log`).
+
+    Optuna's RandomSampler draws them through `suggest_values`, so the random and optuna
+    strategies search exactly the same space. The same seed gives the same list.
     """
-    return [
-        _with(base, activation=activation, width=width)
-        for activation in search.activations
-        for width in search.widths
-    ]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [suggest_values(study.ask(), space) for _ in range(n_trials)]
 
 
-def suggest_config(trial: optuna.Trial, space: OptunaSpace, base: TrainConfig) -> TrainConfig:
-    """Ask `trial` for one point of `space`; fields the space does not cover come from `base`.
-
-    Searched: activation, width, depth, batch size and epochs (categorical), learning rate
-    (log-uniform) and dropout (uniform), each within the bounds `space` gives.
-    """
-    return _with(
-        base,
-        activation=trial.suggest_categorical("activation", list(space.activations)),
-        width=trial.suggest_categorical("width", list(space.widths)),
-        depth=trial.suggest_categorical("depth", list(space.depths)),
-        lr=trial.suggest_float("lr", *space.lr, log=True),
-        batch_size=trial.suggest_categorical("batch_size", list(space.batch_sizes)),
-        dropout=trial.suggest_float("dropout", *space.dropout),
-        epochs=trial.suggest_categorical("epochs", list(space.epochs)),
-    )
+def planned_values(search: SearchConfig, seed: int) -> list[Values]:
+    """The trials a grid or random search trains, in order (none for optuna: it asks as it goes)."""
+    if search.strategy == "grid":
+        return grid_values(search.grid)
+    if search.strategy == "random":
+        return random_values(search.space, search.n_trials, seed)
+    return []
 
 
 def make_study(seed: int, n_startup_trials: int = 5) -> optuna.Study:
     """An in-memory study maximising mean CV accuracy: seeded TPE sampler, median pruner.
 
-    The pruner compares a trial's intermediate values (report the running mean accuracy after each
-    fold, step = fold index) with the median of earlier trials at the same step, after
-    `n_startup_trials` complete trials. Drive it with `study.ask()` / `study.tell()`.
+    The pruner compares a trial's intermediate values (the running mean accuracy after each fold,
+    step = fold index) with the median of earlier trials at the same step, once
+    `n_startup_trials` trials are complete.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
@@ -63,11 +82,16 @@ def make_study(seed: int, n_startup_trials: int = 5) -> optuna.Study:
     )
 
 
-def random_configs(search: SearchConfig, base: TrainConfig, seed: int) -> list[TrainConfig]:
-    """`search.n_trials` configurations drawn uniformly from `search.space` (log-uniform lr).
+def describe(values: Values) -> str:
+    """A short, stable name for searched values: `activation=relu width=32 lr=0.003`."""
+    parts = [
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for part in ("model", "optim")
+        for key, value in values.get(part, {}).items()
+    ]
+    return " ".join(parts) or "base"
 
-    Optuna's RandomSampler draws them through `suggest_config`, so the random and optuna strategies
-    search exactly the same space. The same seed gives the same list.
-    """
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    return [suggest_config(study.ask(), search.space, base) for _ in range(search.n_trials)]
+
+def apply(base: Recipe, values: Values) -> Recipe:
+    """`base` with the searched `values` applied (validated)."""
+    return base.updated(values)

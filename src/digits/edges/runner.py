@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,3 +164,54 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+# --------------------------------------------------------------------- progress from the tasks
+# Workers may sit on machines that cannot reach the tracking store, so a task never records
+# anything itself: it publishes each epoch, and the flow's process (the one writer) records it.
+# On Dask the message goes through the scheduler's event log (`Worker.log_event` ->
+# `Client.subscribe_topic`); tasks that run in the flow's own process (Prefect's thread pool, as
+# in tests) use an in-process queue.
+
+_LOCAL_TOPICS: dict[str, queue.SimpleQueue[Any]] = {}
+
+
+def publish_progress(topic: str, message: dict[str, Any]) -> None:
+    """Send `message` to whoever subscribed to `topic` (see `ProgressFeed`)."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(topic, message)
+        return
+    except (ImportError, ValueError):  # not inside a Dask worker
+        pass
+    local = _LOCAL_TOPICS.get(topic)
+    if local is not None:
+        local.put(message)
+
+
+class ProgressFeed:
+    """The flow's end of `publish_progress`: collects messages until `drain` takes them."""
+
+    def __init__(self, topic: str, task_runner: Any = None) -> None:
+        self.topic = topic
+        self._messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        _LOCAL_TOPICS[topic] = self._messages
+        client = getattr(task_runner, "client", None) if _is_dask(task_runner) else None
+        if client is not None:
+            client.subscribe_topic(topic, lambda event: self._messages.put(event[1]))
+
+    def drain(self) -> list[dict[str, Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self._messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        _LOCAL_TOPICS.pop(self.topic, None)
+
+
+def _is_dask(task_runner: Any) -> bool:
+    return type(task_runner).__name__ == "DaskTaskRunner"

@@ -114,16 +114,24 @@ def log_artifacts(directory: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
 
 
-def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+def log_artifact(path: Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Log a file to run `run_id`, or to the active run."""
+    if run_id is None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    else:
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
 def log_figure(figure: Any, filename: str) -> None:
     mlflow.log_figure(figure, filename)
 
 
-def log_dict(content: Mapping[str, Any], filename: str) -> None:
-    mlflow.log_dict(dict(content), filename)
+def log_dict(content: Mapping[str, Any], filename: str, run_id: str | None = None) -> None:
+    """Log a mapping as a JSON file to run `run_id`, or to the active run."""
+    if run_id is None:
+        mlflow.log_dict(dict(content), filename)
+    else:
+        MlflowClient().log_dict(run_id, dict(content), filename)
 
 
 def log_text(text: str, filename: str) -> None:
@@ -224,3 +232,98 @@ def runs_of(experiment: str) -> list[Any]:
     if found is None:
         return []
     return MlflowClient().search_runs([found.experiment_id], order_by=["attribute.start_time DESC"])
+
+
+# ------------------------------------------------------------------ runs recorded side by side
+# Trials of a sweep run at the same time, so their runs are addressed by id through the client
+# rather than through MLflow's one "active run" per thread.
+
+
+def create_run(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Start a RUNNING run (a child of `parent_run_id` when given); returns its id."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    all_tags = {key: str(value) for key, value in (tags or {}).items()}
+    all_tags[MLFLOW_RUN_NAME] = run_name
+    if parent_run_id is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    client = MlflowClient()
+    run = client.create_run(_experiment_id(experiment), tags=all_tags, run_name=run_name)
+    if params:
+        for key, value in _clean_params(params).items():
+            client.log_param(run.info.run_id, key, value)
+    return str(run.info.run_id)
+
+
+def log_run_metrics(
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    timestamp_ms: int | None = None,
+    prefix: str = "",
+) -> None:
+    """Log finite `metrics` to run `run_id` at `step`, stamped when they were measured."""
+    import time
+
+    stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    batch = [
+        Metric(key=f"{prefix}{key}", value=float(value), timestamp=stamp, step=step)
+        for key, value in metrics.items()
+        if math.isfinite(float(value))
+    ]
+    if batch:
+        MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def end_run(run_id: str, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> None:
+    """End run `run_id` as FINISHED, FAILED or KILLED, with optional closing tags."""
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value)[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return None if run is None else str(run.info.run_id)
+
+
+def log_dataset(name: str, digest: str, source: Path, context: str, sample: Any) -> None:
+    """Record the data set the active run trained or tested on (the UI's "Datasets used").
+
+    Args:
+        name: Shown in the UI (say "synthetic" where it is).
+        digest: Content checksum of the prepared data.
+        source: The prepared data's folder.
+        context: "train" or "test".
+        sample: A few images (uint8 N×H×W×C), from which MLflow shows the schema.
+    """
+    from mlflow.data.numpy_dataset import from_numpy
+
+    dataset = from_numpy(
+        sample, source=Path(source).resolve().as_uri(), name=name, digest=digest[:36]
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def log_table(table: Any, artifact_file: str) -> None:
+    """Log a pandas DataFrame as an MLflow table (shown as a table in the run's artifacts)."""
+    mlflow.log_table(data=table, artifact_file=artifact_file)
+
+
+def register_model_in_run(
+    run_id: str, model: Any, name: str, input_example: Any, tags: Mapping[str, Any]
+) -> str:
+    """Log `model` to run `run_id`, register it as `name` and end the run FINISHED.
+
+    Returns:
+        The new version number in the registry, as a string.
+    """
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        return register_model(model, name, input_example, tags)

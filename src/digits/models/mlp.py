@@ -1,74 +1,62 @@
-"""A dense network for flattened 28×28 digits: `depth` hidden layers of `width` units, 10 logits."""
+"""A dense network: the image flattened, `depth` hidden layers of `width` units, then the logits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from digits.models import register_model
+from digits.models import InputSpec, ModelArgs, register_model
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+Activation = Literal["relu", "tanh", "sigmoid"]
 
 
-@dataclass(frozen=True)
-class MLPConfig:
+class MLPArgs(ModelArgs):
     """Shape of the network.
 
     Attributes:
-        in_features: Input size; 784 for flattened MNIST.
         depth: Number of hidden layers.
         width: Units in every hidden layer.
         activation: Nonlinearity after each hidden layer.
         dropout: Dropout probability after each hidden activation (0 disables it).
-        num_classes: Number of output logits.
     """
 
-    in_features: int = 784
-    depth: int = 3
-    width: int = 256
-    activation: Literal["relu", "tanh", "sigmoid"] = "relu"
-    dropout: float = 0.0
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
-            )
-        if self.depth < 1 or self.width < 1 or self.in_features < 1:
-            raise ValueError(f"depth, width and in_features must be positive: {self}")
+    depth: int = Field(3, ge=1, le=8)
+    width: int = Field(256, ge=1, le=8192)
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class MLP(nn.Module):
-    """Fully connected classifier: (B, in_features) float -> (B, num_classes) logits.
+    """Fully connected classifier: (B, *features) float -> (B, num_classes) logits."""
 
-    Inputs with more dimensions (B, 28, 28) or (B, 28, 28, 1) are flattened to (B, 784).
-    """
-
-    def __init__(self, config: MLPConfig) -> None:
+    def __init__(self, args: MLPArgs, in_features: int, num_classes: int = 10) -> None:
         super().__init__()
-        self.config = config
         layers: list[nn.Module] = []
-        fan_in = config.in_features
-        for _ in range(config.depth):
-            layers.append(nn.Linear(fan_in, config.width))
-            layers.append(ACTIVATIONS[config.activation]())
-            if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
-            fan_in = config.width
+        fan_in = in_features
+        for _ in range(args.depth):
+            layers.append(nn.Linear(fan_in, args.width))
+            layers.append(ACTIVATIONS[args.activation]())
+            if args.dropout > 0:
+                layers.append(nn.Dropout(args.dropout))
+            fan_in = args.width
         self.hidden = nn.Sequential(*layers)
-        self.head = nn.Linear(fan_in, config.num_classes)
+        self.head = nn.Linear(fan_in, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.flatten(x, start_dim=1)  # (B, in_features)
+        x = torch.flatten(x, start_dim=1)  # (B, C*H*W)
         x = self.hidden(x)  # (B, width)
         return self.head(x)  # (B, num_classes)
 
 
-@register_model("mlp")
-def mlp(**kwargs: Any) -> MLP:
-    """Build an `MLP` from `MLPConfig` fields given as keywords (unset ones keep defaults)."""
-    return MLP(MLPConfig(**kwargs))
+@register_model(
+    "mlp",
+    MLPArgs,
+    # The data set's own channels and size: 1×28×28 (784 inputs) on MNIST.
+    input_spec=lambda args: InputSpec(channels=None, size=None, min_size=1, native_size=28),
+)
+def mlp(args: MLPArgs, channels: int, side: int, num_classes: int) -> MLP:
+    return MLP(args, in_features=channels * side * side, num_classes=num_classes)

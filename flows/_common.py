@@ -1,0 +1,484 @@
+"""The sweep engine every flow uses: tasks, scheduling, live recording, the final fit, registration.
+
+A flow says which study, which tasks, which data; this module does the rest once:
+
+* `train_fold` / `train_final`: the Prefect tasks, one call into `digits.training.recipe` each,
+  named after their trial and fold, retried unless the failure is deterministic (a diverged loss),
+  resuming from their last epoch checkpoint when retried;
+* `Engine.sweep`: drives `digits.sweep.SweepScheduler` (grid, random, Optuna with pruning) over
+  as many workers as the cluster has, one MLflow run per trial, its curves live as epochs finish;
+* `Engine.final`: trains a recipe on all training images, scores the test set once, records it;
+* `Engine.register`: registers the model (raw uint8 pixels in) and promotes it when it is better;
+* `main`: argv, the shared Prefect API, the Dask task runner, one-line errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from digits.edges.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import wait
+from tqdm.auto import tqdm
+
+from digits.config import ComputeConfig, Params, Recipe, SearchConfig
+from digits.crossval import stratified_folds
+from digits.data.arrays import DatasetArrays, load_arrays, prepared_checksum
+from digits.edges import tracking
+from digits.edges.runner import (
+    ProgressFeed,
+    configure_worker_threads,
+    plan_placement,
+    publish_progress,
+)
+from digits.errors import DigitsError, TrainingDiverged
+from digits.sweep import SweepScheduler, Trial
+from digits.training.loop import EpochStats, select_device
+from digits.training.recipe import FinalResult, FoldResult, evaluate_fold, fit_final
+
+EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
+
+
+def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures; a NaN loss is deterministic under the seed and would fail again."""
+    try:
+        state.result()
+    except TrainingDiverged:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """What a worker needs to load the same arrays the flow sees (read once per worker)."""
+
+    dataset: str
+    root: Path
+    train_subset: int | None
+    test_subset: int | None
+    seed: int
+    extra: bool = False
+
+    def load(self) -> DatasetArrays:
+        return load_arrays(
+            self.dataset, self.root, self.train_subset, self.test_subset, self.seed, self.extra
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a task's epochs go: the flow's feed `topic`, for run `run_id`, metric `prefix`."""
+
+    topic: str
+    run_id: str
+    prefix: str
+    label: str
+    epochs: int
+
+    def callback(self) -> Callable[[EpochStats], None]:
+        logger = get_run_logger()
+
+        def on_epoch(stats: EpochStats) -> None:
+            logger.info(
+                "%s epoch %d/%d: train loss %.4f, accuracy %.4f, val accuracy %.4f (%.1f s)",
+                self.label,
+                stats.epoch,
+                self.epochs,
+                stats.train_loss,
+                stats.train_accuracy,
+                stats.val_accuracy,
+                stats.seconds,
+            )
+            publish_progress(
+                self.topic,
+                {
+                    "run_id": self.run_id,
+                    "prefix": self.prefix,
+                    "step": stats.epoch,
+                    "time_ms": int(time.time() * 1000),
+                    "metrics": {key: getattr(stats, key) for key in EPOCH_KEYS},
+                },
+            )
+
+        return on_epoch
+
+
+def _checkpoint(compute: ComputeConfig, *parts: Any) -> Path:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
+    return compute.checkpoint_dir / f"{digest}.pt"
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_unless_diverged)
+def train_fold(
+    data: DataRef,
+    recipe: Recipe,
+    fold: int,
+    folds: int,
+    seed: int,
+    compute: ComputeConfig,
+    progress: Progress,
+) -> FoldResult:
+    """Train and score one cross-validation fold of one recipe."""
+    configure_worker_threads(compute)
+    arrays = data.load()
+    train_idx, val_idx = stratified_folds(arrays.train_labels, folds, seed)[fold]
+    return evaluate_fold(
+        recipe,
+        arrays.train_images,
+        arrays.train_labels,
+        train_idx,
+        val_idx,
+        seed,
+        select_device(compute.device),
+        checkpoint=_checkpoint(compute, data, recipe.model_dump_json(), fold, folds, seed),
+        on_epoch=progress.callback(),
+    )
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_unless_diverged)
+def train_final(
+    data: DataRef, recipe: Recipe, seed: int, compute: ComputeConfig, progress: Progress
+) -> FinalResult:
+    """Train a recipe on every training image and score the test set once."""
+    configure_worker_threads(compute)
+    arrays = data.load()
+    return fit_final(
+        recipe,
+        arrays.train_images,
+        arrays.train_labels,
+        arrays.test_images,
+        arrays.test_labels,
+        seed,
+        select_device(compute.device),
+        checkpoint=_checkpoint(compute, data, recipe.model_dump_json(), "final", seed),
+        on_epoch=progress.callback(),
+    )
+
+
+def recipe_params(recipe: Recipe) -> dict[str, Any]:
+    """A recipe as flat MLflow parameters: `model`, `model.<arg>`, `optim.<field>`."""
+    flat: dict[str, Any] = {"model": recipe.model.name}
+    flat |= {f"model.{key}": value for key, value in recipe.model.args.items()}
+    for key, value in recipe.optim.model_dump().items():
+        if isinstance(value, dict):
+            flat |= {f"optim.{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[f"optim.{key}"] = value
+    return flat
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: every trial, the best, and its timings."""
+
+    trials: list[Trial]
+    best: Trial
+    sweep_seconds: float
+    train_seconds: float
+    startup_seconds: float
+
+    @property
+    def failed(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == "failed"]
+
+
+class Engine:
+    """One study's flow run: placement, provenance, the MLflow experiment and the progress feed.
+
+    Create it inside a Prefect flow.
+    """
+
+    def __init__(self, params: Params, experiment: str, data: DataRef) -> None:
+        self.params, self.experiment, self.data = params, experiment, data
+        self.logger = get_run_logger()
+        self.placement = plan_placement(params.compute)
+        tracking.configure(params.tracking)
+        self.checksum = prepared_checksum(data.dataset, data.root)
+        context = FlowRunContext.get()
+        self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
+        runner = context.task_runner if context else None
+        self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
+        self.retries = {
+            "retries": params.compute.task_retries,
+            "retry_delay_seconds": params.compute.retry_delay_s,
+        }
+        self.tags = {
+            "profile": params.profile,
+            "dataset": data.dataset,
+            "data_checksum": self.checksum,
+            "synthetic": str(data.load().synthetic).lower(),
+            "git_commit": git_commit(),
+            "placement": self.placement.describe(),
+            "prefect_flow_run_id": self.flow_run_id,
+        }
+        self.logger.info("placement: %s", self.placement.describe())
+
+    # ------------------------------------------------------------------------------ recording
+
+    def log_dataset(self, context: str) -> None:
+        """Record the data set in the active run, as MLflow's dataset input."""
+        arrays = self.data.load()
+        name = f"{self.data.dataset}{' (synthetic)' if arrays.synthetic else ''}"
+        source = Path(self.data.root) / "prepared" / self.data.dataset
+        tracking.log_dataset(name, self.checksum, source, context, arrays.test_images[:5])
+
+    def _record_epochs(self) -> None:
+        for message in self.feed.drain():
+            tracking.log_run_metrics(
+                message["run_id"],
+                message["metrics"],
+                step=message["step"],
+                timestamp_ms=message["time_ms"],
+                prefix=message["prefix"],
+            )
+
+    def _wait_any(self, futures: list[Any]) -> list[Any]:
+        """Block until at least one future is done, recording epochs as they arrive."""
+        while True:
+            done = wait(futures, timeout=0.5).done
+            self._record_epochs()
+            if done:
+                return [f for f in futures if f in done]
+
+    # ---------------------------------------------------------------------------------- sweep
+
+    def sweep(self, search: SearchConfig, base: Recipe, folds: int) -> SweepOutcome:
+        """Cross-validate every trial the search asks for; record each as a child MLflow run.
+
+        Must run inside an active MLflow run (the sweep's), which becomes every trial's parent.
+
+        Raises:
+            TrainingDiverged: when every trial failed (the first reason is given).
+        """
+        parent = tracking.active_run_id()
+        slots = max(self.placement.workers, 1)
+        scheduler = SweepScheduler(search, base, folds, self.params.seed, slots=slots)
+        run_ids: dict[int, str] = {}
+        active: dict[Any, tuple[Trial, int]] = {}
+        started = time.perf_counter()
+        startup: float | None = None
+        progress = tqdm(total=scheduler.total * folds, desc="cv folds", unit="fold")
+
+        def launch(trial: Trial, fold: int) -> None:
+            if trial.number not in run_ids:
+                run_ids[trial.number] = tracking.create_run(
+                    self.experiment,
+                    trial.name,
+                    params={**recipe_params(trial.recipe), "folds": folds},
+                    tags={**self.tags, "trial": trial.number, "stage": "trial"},
+                    parent_run_id=parent,
+                )
+            fold_task = train_fold.with_options(
+                task_run_name=f"{trial.name} fold {fold + 1}/{folds}", **self.retries
+            )
+            future = fold_task.submit(
+                self.data,
+                trial.recipe,
+                fold,
+                folds,
+                self.params.seed,
+                self.params.compute,
+                Progress(
+                    self.feed.topic,
+                    run_ids[trial.number],
+                    f"fold{fold}/",
+                    f"{trial.name} fold {fold + 1}",
+                    trial.recipe.optim.epochs,
+                ),
+            )
+            active[future] = (trial, fold)
+
+        def finish(trial: Trial) -> None:
+            run_id = run_ids[trial.number]
+            if trial.state == "failed":
+                progress.update(folds - len(trial.scores) - 1)
+                self.logger.warning("%s failed: %s", trial.name, trial.failure)
+                tracking.end_run(run_id, "FAILED", {"failure_reason": trial.failure or ""})
+                return
+            if trial.state == "pruned":
+                progress.update(folds - len(trial.scores))
+            seconds = sum(r.train_seconds for r in trial.outcomes.values())
+            tracking.log_run_metrics(
+                run_id,
+                {
+                    "cv_accuracy": trial.mean_score(),
+                    "cv_accuracy_std": trial.std_score(),
+                    "train_seconds": seconds,
+                }
+                | {f"fold{k}/accuracy": trial.scores[k] for k in trial.scores},
+                step=len(trial.scores),
+            )
+            tracking.end_run(run_id, "FINISHED", {"state": trial.state})
+
+        for trial, fold in scheduler.start():
+            launch(trial, fold)
+        while active:
+            for future in self._wait_any(list(active)):
+                trial, fold = active.pop(future)
+                try:
+                    result: FoldResult = future.result()
+                except Exception as error:  # a failed task ends its trial, never the sweep
+                    following = scheduler.fold_failed(
+                        trial, fold, f"{type(error).__name__}: {error}"
+                    )
+                    finish(trial)
+                else:
+                    progress.update(1)
+                    if startup is None:
+                        startup = time.perf_counter() - started - result.train_seconds
+                    following = scheduler.fold_done(trial, fold, result.val_accuracy, result)
+                    if trial.state != "running":
+                        finish(trial)
+                for next_trial, next_fold in following:
+                    launch(next_trial, next_fold)
+        progress.close()
+        self._record_epochs()
+
+        best = scheduler.best()
+        if best is None:
+            failed = [t for t in scheduler.trials if t.failure]
+            raise TrainingDiverged(
+                f"all {len(scheduler.trials)} configurations failed; first reason: "
+                f"{failed[0].failure if failed else 'none completed'}"
+            )
+        return SweepOutcome(
+            trials=scheduler.trials,
+            best=best,
+            sweep_seconds=time.perf_counter() - started,
+            train_seconds=sum(
+                r.train_seconds for t in scheduler.trials for r in t.outcomes.values()
+            ),
+            startup_seconds=max(startup or 0.0, 0.0),
+        )
+
+    # ---------------------------------------------------------------------------------- final
+
+    def start_final(
+        self, recipe: Recipe, run_name: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[Any, str]:
+        """Submit the final fit of `recipe`; returns (future, run id of its RUNNING MLflow run)."""
+        run_id = tracking.create_run(
+            self.experiment,
+            run_name,
+            params={**recipe_params(recipe), **(params or {})},
+            tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
+            parent_run_id=tracking.active_run_id(),
+        )
+        final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
+        future = final_task.submit(
+            self.data,
+            recipe,
+            self.params.seed,
+            self.params.compute,
+            Progress(self.feed.topic, run_id, "", run_name, recipe.optim.epochs),
+        )
+        return future, run_id
+
+    def wait_final(self, futures: list[Any]) -> list[Any]:
+        """Results (or the exception) of final fits, in order, recording epochs while waiting."""
+        pending = list(futures)
+        while pending:
+            for future in self._wait_any(pending):
+                pending.remove(future)
+        out: list[Any] = []
+        for future in futures:
+            try:
+                out.append(future.result())
+            except Exception as error:
+                out.append(error)
+        return out
+
+    def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:
+        """The test scores and the rest of a final fit, into its run."""
+        metrics = result.metrics
+        tracking.log_run_metrics(
+            run_id,
+            {
+                "accuracy": metrics.accuracy,
+                "precision": metrics.precision_macro,
+                "recall": metrics.recall_macro,
+                "f1": metrics.f1_macro,
+                "train_accuracy_final": result.train_accuracy,
+                "generalisation_gap": result.train_accuracy - metrics.accuracy,
+                "parameters": result.parameters,
+                "train_seconds": result.train_seconds,
+                "images_per_second": result.images_per_second,
+                **extra,
+            },
+            step=len(result.history),
+        )
+
+    def register(
+        self, run_id: str, result: FinalResult, name: str, tags: Mapping[str, Any]
+    ) -> tuple[str, bool]:
+        """Register the model of run `run_id` (raw uint8 pixels in); promote it when better.
+
+        Returns:
+            (version, whether it became the champion).
+        """
+        example = self.data.load().test_images[:5]
+        version = tracking.register_model_in_run(
+            run_id, result.model, name, example, tags={**self.tags, **tags}
+        )
+        promoted = tracking.promote_if_better(name, version)
+        return version, promoted
+
+    def close(self) -> None:
+        self._record_epochs()
+        self.feed.close()
+
+
+def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
+    """`python flows/<study>.py [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
+
+    Args:
+        flow: The Prefect flow; called with `params_path` and the extra options.
+        description: The flow's one-line description, for --help.
+        extra: Further options and their defaults (e.g. dataset="svhn").
+    """
+    from digits.config import load_params
+    from digits.edges.cli import run_or_exit
+    from digits.edges.runner import shared_prefect_api, task_runner
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml")
+    for name, default in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default)
+    args = parser.parse_args()
+    options = {name: getattr(args, name) for name in extra}
+
+    def run() -> Any:
+        params = load_params(args.params)
+        runner = task_runner(params.compute)
+        with shared_prefect_api():
+            return flow.with_options(task_runner=runner)(args.params, **options)  # type: ignore[attr-defined]
+
+    run_or_exit(run)
+
+
+__all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "main", "recipe_params"]

@@ -1,0 +1,162 @@
+"""The sweep scheduler: which (trial, fold) to train next, as results come back.
+
+It is a pure state machine over `digits.search`'s strategies: it never trains, waits or records.
+A driver (the flows' engine) asks it what to launch, launches it anywhere, and tells it each fold's
+result or failure; it answers with what to launch next. Folds of one trial run one after another,
+so Optuna's pruner can stop a weak trial after any fold; trials run side by side, `slots` at a time
+for Optuna (which learns from finished trials), all at once for grid and random search (the
+cluster hands them out as workers free up).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+
+from digits.config import Recipe, SearchConfig
+from digits.search import Values, apply, describe, make_study, planned_values, suggest_values
+
+TrialState = Literal["running", "complete", "pruned", "failed"]
+
+
+@dataclass
+class Trial:
+    """One recipe's progress through its folds.
+
+    Attributes:
+        number: Position in the sweep (Optuna's trial number for optuna).
+        values: The searched values (`digits.search.Values`).
+        recipe: The base recipe with `values` applied.
+        scores: Validation accuracy of each finished fold, by fold index.
+        outcomes: Whatever the driver got back for each fold (histories, timings).
+        state: Where the trial is.
+        failure: Why it failed, for a failed trial.
+    """
+
+    number: int
+    values: Values
+    recipe: Recipe
+    optuna_trial: optuna.Trial | None = None
+    scores: dict[int, float] = field(default_factory=dict)
+    outcomes: dict[int, Any] = field(default_factory=dict)
+    state: TrialState = "running"
+    failure: str | None = None
+
+    @property
+    def label(self) -> str:
+        return describe(self.values)
+
+    @property
+    def name(self) -> str:
+        return f"trial-{self.number:03d} {self.label}"
+
+    def mean_score(self) -> float:
+        return statistics.fmean(self.scores[k] for k in sorted(self.scores))
+
+    def std_score(self) -> float:
+        values = [self.scores[k] for k in sorted(self.scores)]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+Launch = tuple[Trial, int]
+"""A fold to train: (trial, fold index)."""
+
+
+class SweepScheduler:
+    """Decides what trains next. Drive it with `start`, then `fold_done` / `fold_failed`.
+
+    Args:
+        search: Strategy, grid or space, trial budget.
+        base: The recipe every trial starts from.
+        folds: Cross-validation folds per trial.
+        seed: Seeds random draws and Optuna's sampler.
+        slots: Trials in flight at once for optuna (the cluster's worker count, at least 1).
+        study: An Optuna study to continue (a persistent one resumes a sweep); a new in-memory
+            one by default.
+    """
+
+    def __init__(
+        self,
+        search: SearchConfig,
+        base: Recipe,
+        folds: int,
+        seed: int,
+        slots: int = 1,
+        study: optuna.Study | None = None,
+    ) -> None:
+        self.search, self.base, self.folds = search, base, folds
+        self.slots = max(slots, 1)
+        self.study = (study or make_study(seed)) if search.strategy == "optuna" else None
+        self._queue = [
+            Trial(number, values, apply(base, values))
+            for number, values in enumerate(planned_values(search, seed))
+        ]
+        self.total = len(self._queue) if self.study is None else search.n_trials
+        self._asked = 0
+        self.trials: list[Trial] = []
+
+    def start(self) -> list[Launch]:
+        """The first folds to train."""
+        width = self.total if self.study is None else min(self.slots, self.total)
+        launches = []
+        for _ in range(width):
+            trial = self._next_trial()
+            if trial is not None:
+                launches.append((trial, 0))
+        return launches
+
+    def _next_trial(self) -> Trial | None:
+        trial: Trial | None = None
+        if self._queue:
+            trial = self._queue.pop(0)
+        elif self.study is not None and self._asked < self.total:
+            asked = self.study.ask()
+            self._asked += 1
+            values = suggest_values(asked, self.search.space)
+            trial = Trial(asked.number, values, apply(self.base, values), optuna_trial=asked)
+        if trial is not None:
+            self.trials.append(trial)
+        return trial
+
+    def _finish(self, trial: Trial, state: TrialState) -> list[Launch]:
+        trial.state = state
+        if self.study is not None and trial.optuna_trial is not None:
+            if state == "complete":
+                self.study.tell(trial.optuna_trial, trial.mean_score())
+            else:
+                frozen = optuna.trial.TrialState.PRUNED if state == "pruned" else None
+                self.study.tell(trial.optuna_trial, state=frozen or optuna.trial.TrialState.FAIL)
+        following = self._next_trial()
+        return [(following, 0)] if following is not None and self.study is not None else []
+
+    def fold_done(self, trial: Trial, fold: int, score: float, outcome: Any = None) -> list[Launch]:
+        """Record a finished fold; returns what to launch next (the trial's next fold, or others).
+
+        A trial whose running mean falls below the median of earlier trials at the same fold is
+        pruned (optuna only).
+        """
+        trial.scores[fold] = score
+        trial.outcomes[fold] = outcome
+        if trial.optuna_trial is not None:
+            trial.optuna_trial.report(trial.mean_score(), step=fold)
+            if fold + 1 < self.folds and trial.optuna_trial.should_prune():
+                return self._finish(trial, "pruned")
+        if fold + 1 < self.folds:
+            return [(trial, fold + 1)]
+        return self._finish(trial, "complete")
+
+    def fold_failed(self, trial: Trial, fold: int, reason: str) -> list[Launch]:
+        """Record a failed fold: the trial fails (the sweep goes on)."""
+        trial.failure = reason
+        return self._finish(trial, "failed")
+
+    @property
+    def completed(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == "complete"]
+
+    def best(self) -> Trial | None:
+        """The complete trial with the highest mean score (the earliest on a tie)."""
+        return max(self.completed, key=Trial.mean_score, default=None)
