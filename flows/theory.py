@@ -10,7 +10,6 @@ records the run, its numbers and the report in MLflow.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,14 @@ from digits.config import TheoryConfig, load_params
 from digits.edges import tracking
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
+from flows import _common
+from flows._common import git_commit, retry_unless_diverged
 
 REPORT_DIR = Path("reports/theory")
 EXPERIMENT = "theory"
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
+@task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_unless_diverged)
 def measure_convexity(data_root: Path, cfg: TheoryConfig, seed: int) -> TheoryResults:
     """Load the MNIST training split and run every convexity probe on it."""
     from digits.data.arrays import load_split
@@ -55,6 +56,7 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
     tags = {
         "profile": params.profile,
         "data_checksum": prepared_checksum("mnist", params.data.root),
+        "git_commit": git_commit(),
     }
     run_params: dict[str, Any] = {"seed": params.seed, **params.theory.model_dump()}
     with tracking.start_run(
@@ -73,20 +75,5 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
     return verdicts
 
 
-def main() -> None:
-    from digits.edges.cli import run_or_exit
-    from digits.edges.runner import shared_prefect_api
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-
-    def run() -> dict:
-        with shared_prefect_api():
-            return theory_flow(args.params)
-
-    run_or_exit(run)
-
-
 if __name__ == "__main__":
-    main()
+    _common.main(theory_flow, __doc__.splitlines()[0])

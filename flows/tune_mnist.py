@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from digits.edges.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
+
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 

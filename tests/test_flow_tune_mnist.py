@@ -43,8 +43,11 @@ def tiny_study(
     raw["tracking"]["artifact_root"] = str(tmp_path / "mlruns" / "artifacts")
     raw["compute"].update(device="cpu", cpu_workers=2, task_retries=1, retry_delay_s=0)
     raw["mnist"].update(folds=2, registered_model="tiny-mlp")
-    raw["mnist"]["train"].update(epochs=2, batch_size=64, width=16)
-    raw["mnist"]["search"].update(activations=["relu", "tanh"], widths=[8, 16])
+    raw["mnist"]["recipe"]["model"]["args"].update(width=16)
+    raw["mnist"]["recipe"]["optim"].update(epochs=2, batch_size=64)
+    raw["mnist"]["search"]["grid"]["model"] = {"activation": ["relu", "tanh"], "width": [8, 16]}
+    raw["zoo"].update(registered_model_prefix="tiny-zoo", train={"mnist": ["lenet5"]})
+    raw["zoo"]["optim"].update(epochs=2, batch_size=64, eval_batch_size=256)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -73,10 +76,14 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     assert all(run.info.status == "FINISHED" for run in runs)
     trials = [r for r in runs if r.info.run_name.startswith("trial-")]
     assert len(trials) == 4  # 2 activations x 2 widths, recorded while running side by side
+    client = MlflowClient()
     for run in trials:
-        assert {"fold_0_val_accuracy", "fold_1_val_accuracy", "mean_cv_accuracy"} <= set(
-            run.data.metrics
-        )
+        assert {"fold0/accuracy", "fold1/accuracy", "cv_accuracy"} <= set(run.data.metrics)
+        assert run.data.tags["profile"] == "full"
+        # the curve arrived epoch by epoch, by step, stamped as each epoch finished
+        curve = client.get_metric_history(run.info.run_id, "fold0/val_accuracy")
+        assert [m.step for m in curve] == [1, 2]
+        assert curve[0].timestamp < curve[1].timestamp
     final = next(r for r in runs if r.info.run_name.startswith("final-"))
     assert {"accuracy", "precision", "recall", "f1"} <= set(final.data.metrics)
     version = MlflowClient().get_model_version("tiny-mlp", summary["model_version"])
@@ -93,32 +100,35 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
 def test_a_nan_trial_fails_alone_and_a_transient_error_is_retried(
     tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import flows._common as engine
     import flows.tune_mnist as module
 
-    real = module.evaluate_fold
+    real = engine.evaluate_fold
     calls: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
 
-    def evaluate_fold(images, labels, train_idx, val_idx, cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        key = (module.config_name(cfg), int(val_idx[0]))
+    def evaluate_fold(recipe, images, labels, train_idx, val_idx, *args, **kwargs):  # type: ignore[no-untyped-def]
+        name = f"{recipe.model.args['activation']}-w{recipe.model.args['width']}"
+        key = (name, int(val_idx[0]))
         with lock:
             calls[key] = calls.get(key, 0) + 1
             first = calls[key] == 1
-        if cfg.activation == "tanh" and cfg.width == 16:
-            cfg = cfg.model_copy(
-                update={"lr": float("inf"), "optimizer": "sgd"}
+        if name == "tanh-w16":
+            recipe = recipe.updated({"optim": {"lr": 10.0, "optimizer": "sgd"}})
+            recipe = recipe.model_copy(
+                update={"optim": recipe.optim.model_copy(update={"lr": float("inf")})}
             )  # diverges for real
-        elif cfg.activation == "relu" and cfg.width == 8 and first:
+        elif name == "relu-w8" and first:
             raise ConnectionError("worker lost")  # transient: the retry succeeds
-        return real(images, labels, train_idx, val_idx, cfg, *args, **kwargs)
+        return real(recipe, images, labels, train_idx, val_idx, *args, **kwargs)
 
-    monkeypatch.setattr(module, "evaluate_fold", evaluate_fold)
+    monkeypatch.setattr(engine, "evaluate_fold", evaluate_fold)
     summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))  # thread-pool runner
 
     runs = {r.info.run_name: r for r in _runs(tmp_path)}
     failed = [r for r in runs.values() if r.info.status == "FAILED"]
     assert [r.info.run_name for r in failed] == [
-        n for n in runs if n.startswith("trial-") and "tanh-w16" in n
+        n for n in runs if n.startswith("trial-") and "activation=tanh width=16" in n
     ]
     assert "TrainingDiverged" in failed[0].data.tags["failure_reason"]
     assert summary["failed_trials"] == 1
@@ -133,12 +143,13 @@ def test_a_nan_trial_fails_alone_and_a_transient_error_is_retried(
 def test_every_trial_failing_is_one_clear_error(
     tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import flows._common as engine
     import flows.tune_mnist as module
 
     def diverge(*args: Any, **kwargs: Any) -> None:
         raise TrainingDiverged("loss became nan at epoch 1")
 
-    monkeypatch.setattr(module, "evaluate_fold", diverge)
+    monkeypatch.setattr(engine, "evaluate_fold", diverge)
     with pytest.raises(TrainingDiverged, match="all 4 configurations failed"):
         module.tune_mnist(str(tiny_study), str(tmp_path / "report"))
     assert all(r.info.status == "FAILED" for r in _runs(tmp_path))
@@ -152,11 +163,37 @@ def test_optuna_strategy_asks_tells_and_prunes(
 
     raw = yaml.safe_load(tiny_study.read_text())
     raw["mnist"]["search"].update(strategy="optuna", n_trials=4)
-    raw["mnist"]["search"]["space"].update(
-        widths=[8, 16], depths=[1], epochs=[1, 2], batch_sizes=[64]
-    )
+    raw["mnist"]["search"]["space"] = {
+        "model": {"width": [8, 16], "depth": [1]},
+        "optim": {"epochs": [1, 2], "batch_size": [64], "lr": {"low": 1e-3, "high": 1e-2}},
+    }
     tiny_study.write_text(yaml.safe_dump(raw))
     summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))
     trials = [r for r in _runs(tmp_path) if r.info.run_name.startswith("trial-")]
     assert len(trials) == 4
     assert summary["best"]["width"] in (8, 16)
+
+
+@pytest.mark.slow
+def test_zoo_flow_trains_registers_and_compares(
+    tiny_study: Path, tmp_path: Path, prefect_api: None
+) -> None:
+    from flows.train_zoo import train_zoo
+
+    summary = train_zoo(str(tiny_study), "mnist", None, str(tmp_path / "zoo"))
+
+    assert set(summary["models"]) == {"lenet5"}
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("digits-zoo-mnist")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    lenet = runs["lenet5"]
+    assert lenet.info.status == "FINISHED"
+    assert {"accuracy", "precision", "recall", "f1", "parameters", "images_per_second"} <= set(
+        lenet.data.metrics
+    )
+    assert lenet.data.metrics["accuracy"] == summary["models"]["lenet5"]
+    version = client.get_model_version("tiny-zoo-mnist-lenet5", "1")
+    assert version.run_id == lenet.info.run_id
+    assert version.tags["architecture"] == "lenet5"
+    table = (tmp_path / "zoo" / "comparison.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("lenet5")

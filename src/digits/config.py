@@ -286,6 +286,11 @@ class ZooConfig(_Strict):
         description="Optimisation settings that differ for one model, by its label in `models`.",
     )
     registered_model_prefix: str = Field("zoo", min_length=1)
+    folds: int = Field(3, ge=2, le=20, description="Folds of a search over one zoo model.")
+    search: SearchConfig = Field(
+        default_factory=SearchConfig,
+        description="A search over one zoo model (`python flows/train_zoo.py --search LABEL`).",
+    )
 
     @model_validator(mode="after")
     def _overrides_name_models(self) -> ZooConfig:
@@ -304,6 +309,22 @@ class ZooConfig(_Strict):
                 )
             self.recipe(label).optim  # noqa: B018  (validates the override)
         return self
+
+    def search_for(self, label: str) -> SearchConfig:
+        """`search`, checked against the recipe of model `label`.
+
+        Raises:
+            DigitsError: for an unknown label or a searched value the model refuses.
+        """
+        if label not in self.models:
+            raise DigitsError(
+                f"zoo.models: no model {label!r} to search (have: {', '.join(self.models)})"
+            )
+        try:
+            _check_search(self.search, self.recipe(label))
+        except ValueError as error:
+            raise DigitsError(f"zoo.search ({label}): {error}") from None
+        return self.search
 
     def recipe(self, label: str) -> Recipe:
         """The recipe of model `label`: its spec, the shared optim and its overrides."""

@@ -292,7 +292,7 @@ def source_modules(entry: str | Path, root: Path) -> set[Path]:
     """
     root = root.resolve()
     is_script = isinstance(entry, Path) or (root / entry).is_file()
-    entries = [("script", str(entry))] if is_script else list(_entries_of_command(entry, root))
+    entries = [("script", str(entry))] if is_script else list(_entries_of_command(str(entry), root))
     found: set[Path] = set()
     for kind, target in entries:
         if kind == "script":

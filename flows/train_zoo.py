@@ -1,0 +1,143 @@
+"""Prefect flow: the classifier zoo (Q4): every model of `zoo.train.<dataset>`, trained at once.
+
+Each model is one task on the Dask engine (six models on six GPUs train side by side), checkpointed
+every epoch, scored on the test set once, recorded in its own MLflow run of experiment
+`digits-zoo-<dataset>` and registered as `<prefix>-<dataset>-<label>`. `--search LABEL` first
+runs `zoo.search` over that model with cross-validation, as the MLP study does.
+
+    python flows/train_zoo.py [--params params.yaml] [--dataset svhn|mnist] [--search LABEL]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from digits.edges.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
+
+from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from digits.config import load_params
+from digits.edges import tracking
+from digits.errors import DigitsError
+from flows import _common
+from flows._common import DataRef, Engine
+
+
+@flow(name="train-zoo")
+def train_zoo(
+    params_path: str = "params.yaml",
+    dataset: str = "svhn",
+    search: str | None = None,
+    report_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train, score, compare and register the zoo's models on one data set."""
+    params = load_params(params_path)
+    zoo = params.zoo
+    labels = zoo.train.get(dataset, [])  # type: ignore[call-overload]
+    if not labels:
+        raise DigitsError(f"zoo.train.{dataset}: no models listed for {dataset} in params.yaml")
+    extra = params.data.svhn_extra and dataset == "svhn"
+    data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
+    experiment = f"zoo-{dataset}"
+    engine = Engine(params, experiment, data)
+    synthetic = data.load().synthetic
+    out_dir = Path(report_dir or f"reports/{dataset}")
+    recipes = {label: zoo.recipe(label) for label in labels}
+    run_name = f"zoo-{dataset}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking.start_run(
+        experiment, run_name, params={"models": ",".join(labels)}, tags=engine.tags
+    ):
+        engine.log_dataset("train")
+        if search:
+            outcome = engine.sweep(zoo.search_for(search), recipes[search], zoo.folds)
+            recipes[search] = outcome.best.recipe
+            tracking.log_metrics({f"{search}_cv_accuracy": outcome.best.mean_score()})
+        submitted = {
+            label: engine.start_final(recipe, label, params={"label": label})
+            for label, recipe in recipes.items()
+        }
+        results = engine.wait_final([future for future, _ in submitted.values()])
+        rows: list[ZooRow] = []
+        confusions, histories, failures = {}, {}, {}
+        for (label, (_, run_id)), result in zip(submitted.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                failures[label] = f"{type(result).__name__}: {result}"
+                tracking.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
+                engine.logger.warning("%s failed: %s", label, failures[label])
+                continue
+            engine.record_final(run_id, result, {"epochs": recipes[label].optim.epochs})
+            tracking.log_dict(result.metrics.report, "classification_report.json", run_id=run_id)
+            name = f"{zoo.registered_model_prefix}-{dataset}-{label}"
+            version, promoted = engine.register(
+                run_id,
+                result,
+                name,
+                {
+                    "architecture": recipes[label].model.name,
+                    "params": json.dumps(recipes[label].model_dump()),
+                    "stage": "zoo",
+                },
+            )
+            engine.logger.info(
+                "%s: test accuracy %.4f, %d parameters, %.0f images/s; %s v%s%s",
+                label,
+                result.metrics.accuracy,
+                result.parameters,
+                result.images_per_second,
+                name,
+                version,
+                " (now champion)" if promoted else "",
+            )
+            m = result.metrics
+            rows.append(
+                ZooRow(
+                    label=label,
+                    model=recipes[label].model.name,
+                    args=dict(recipes[label].model.args),
+                    accuracy=m.accuracy,
+                    precision=m.precision_macro,
+                    recall=m.recall_macro,
+                    f1=m.f1_macro,
+                    train_accuracy=result.train_accuracy,
+                    parameters=result.parameters,
+                    train_seconds=result.train_seconds,
+                    images_per_second=result.images_per_second,
+                    epochs=recipes[label].optim.epochs,
+                    registered=f"{name} v{version}",
+                    run_id=run_id,
+                )
+            )
+            confusions[label] = m.confusion
+            histories[label] = result.history
+        if not rows:
+            raise DigitsError(f"every zoo model failed on {dataset}: {failures}")
+        paths = write_zoo_report(
+            out_dir, dataset, rows, confusions, histories, synthetic, params.profile
+        )
+        table = comparison_table(rows)
+        tracking.log_table(table, "comparison.json")
+        create_table_artifact(
+            table=table.round(5).to_dict(orient="records"),
+            key=f"zoo-{dataset}",
+            description=f"Classifier zoo on {dataset}{' (synthetic)' if synthetic else ''}",
+        )
+        for path in paths.values():
+            tracking.log_artifact(path, artifact_path="report")
+    engine.close()
+    return {
+        "dataset": dataset,
+        "models": {row.label: row.accuracy for row in rows},
+        "failed": failures,
+        "synthetic": synthetic,
+    }
+
+
+if __name__ == "__main__":
+    _common.main(train_zoo, __doc__.splitlines()[0], dataset="svhn", search=None)
