@@ -23,8 +23,8 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
-from digits import tracking  # noqa: E402
 from digits.config import ComputeConfig, TrackingConfig  # noqa: E402
+from digits.edges import tracking  # noqa: E402
 from digits.edges.runner import shared_prefect_api, task_runner  # noqa: E402
 
 

@@ -20,47 +20,48 @@ from pathlib import Path
 import torch
 import yaml
 
-from digits.config import Params, params_from_dict
+from digits.config import Params, Recipe, params_from_dict
 from digits.crossval import stratified_folds
-from digits.studies.mnist_mlp import evaluate_fold, load_mnist_arrays
+from digits.data.arrays import load_arrays
+from digits.search import grid_values
 from digits.training.loop import select_device
+from digits.training.recipe import evaluate_fold
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def grid(params: Params) -> list:
-    # The same cells `digits.tuning.grid_configs` builds, without importing optuna.
-    search, base = params.mnist.search, params.mnist.train
-    return [
-        base.model_copy(update={"activation": a, "width": w})
-        for a in search.activations
-        for w in search.widths
-    ]
+def grid(params: Params) -> list[Recipe]:
+    """The recipes of the grid the flow sweeps, in its order."""
+    base = params.mnist.recipe
+    return [base.updated(values) for values in grid_values(params.mnist.search.grid)]
 
 
 def plain_sweep(params: Params) -> tuple[float, float, dict[str, float]]:
     """Every (configuration, fold) fit in a plain loop; returns wall s, training s, mean CV acc."""
     device = select_device(params.compute.device)
     mnist = params.mnist
-    arrays = load_mnist_arrays(params.data.root, mnist.train_subset, mnist.test_subset, params.seed)
+    arrays = load_arrays(
+        "mnist", params.data.root, mnist.train_subset, mnist.test_subset, params.seed
+    )
     folds = stratified_folds(arrays.train_labels, mnist.folds, params.seed)
     train_seconds, scores = 0.0, {}
     started = time.perf_counter()
-    for cfg in grid(params):
+    for recipe in grid(params):
         accuracies = []
         for train_idx, val_idx in folds:
             result = evaluate_fold(
+                recipe,
                 arrays.train_images,
                 arrays.train_labels,
                 train_idx,
                 val_idx,
-                cfg,
                 params.seed,
                 device,
             )
             train_seconds += result.train_seconds
             accuracies.append(result.val_accuracy)
-        scores[f"{cfg.activation}-{cfg.width}"] = sum(accuracies) / len(accuracies)
+        args = recipe.model.args
+        scores[f"{args['activation']}-{args['width']}"] = sum(accuracies) / len(accuracies)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started, train_seconds, scores
@@ -103,7 +104,8 @@ def main() -> None:
     )
     print(
         f"device: {name}; profile: {params.profile}; {len(grid(params))} configurations x "
-        f"{params.mnist.folds} folds = {n_tasks} fits, {params.mnist.train.epochs} epochs each"
+        f"{params.mnist.folds} folds = {n_tasks} fits, "
+        f"{params.mnist.recipe.optim.epochs} epochs each"
     )
 
     plain_wall, plain_train, scores = plain_sweep(params)
