@@ -106,12 +106,16 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_model_and_args(self) -> ModelSpec:
-        from digits.models import parse_args
+        from digits.models import model_entry, parse_args
 
         try:
-            parse_args(self.name, self.args)
+            spec = model_entry(self.name).input_spec(parse_args(self.name, self.args))
         except DigitsError as error:
             raise ValueError(str(error)) from None
+        if spec.size is not None and spec.size < spec.min_size:
+            raise ValueError(
+                f"image_size {spec.size} is below {self.name}'s minimum of {spec.min_size}"
+            )
         return self
 
     def with_args(self, **update: Any) -> ModelSpec:

@@ -62,7 +62,7 @@ class LeNet5(nn.Module):
     # The data set's own channels (grey MNIST, colour SVHN); the minimum is enforced here, when
     # the input is resolved, so the message names it.
     input_spec=lambda args: InputSpec(
-        channels=None, size=args.image_size, min_size=28, native_size=NATIVE_SIZE
+        channels=None, size=args.image_size, min_size=NATIVE_SIZE, native_size=NATIVE_SIZE
     ),
 )
 def lenet5(args: LeNetArgs, channels: int, side: int, num_classes: int) -> LeNet5:

@@ -48,8 +48,11 @@ class ImageNetArgs(ModelArgs):
 
 
 class AlexNetArgs(ImageNetArgs):
-    """Arguments of `alexnet`; `image_size` is at least 63: below that AlexNet's three stride-2
-    max-pools run out of pixels before its adaptive pool."""
+    """Arguments of `alexnet`; `image_size` is at least 63.
+
+    Below 63 the stride-4 first convolution and two 3×3 stride-2 max-pools leave maps smaller
+    than the third pool's 3×3 window, and torchvision's AlexNet fails in its forward pass.
+    """
 
     image_size: int = Field(64, ge=1, le=512)
 
