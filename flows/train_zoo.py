@@ -19,13 +19,14 @@ from digits.edges.runner import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
-from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from digits.config import load_params
 from digits.edges import tracking
 from digits.errors import DigitsError
+from digits.models import parse_args
+from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
 from flows import _common
 from flows._common import DataRef, Engine
 
@@ -100,7 +101,9 @@ def train_zoo(
                 ZooRow(
                     label=label,
                     model=recipes[label].model.name,
-                    args=dict(recipes[label].model.args),
+                    args=parse_args(
+                        recipes[label].model.name, recipes[label].model.args
+                    ).model_dump(),
                     accuracy=m.accuracy,
                     precision=m.precision_macro,
                     recall=m.recall_macro,

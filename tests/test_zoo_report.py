@@ -142,7 +142,7 @@ def test_table_is_best_first_with_gap_and_args() -> None:
     np.testing.assert_allclose(table["gap"], [0.08, 0.05, 0.02])
     assert list(table["pretrained"]) == [True, False, False]
     assert list(table["stem"]) == ["cifar", "", ""]
-    assert list(table["image_size"].astype(object)) == [32, 32, pd.NA]
+    np.testing.assert_array_equal(table["image_size"], [32, 32, np.nan])
 
 
 def test_table_drops_stem_when_no_model_has_one() -> None:

@@ -161,7 +161,7 @@ def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
     Returns:
         Columns `COLUMNS`: model (the label), architecture, the four test scores, parameters,
         train_accuracy, gap (train - test accuracy), train_seconds, images_per_second, epochs,
-        pretrained, image_size (nullable integer, <NA> where the model has none), stem (only
+        pretrained, image_size (float, NaN where the model has none), stem (only
         when some model has one), run_id, registered.
     """
     records = []
@@ -188,7 +188,6 @@ def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(records, columns=COLUMNS)
-    table["image_size"] = table["image_size"].astype("Int64")  # an integer column with gaps
     if not (table["stem"] != "").any():
         table = table.drop(columns="stem")
     return table.sort_values(
@@ -323,7 +322,7 @@ def _findings(rows: Sequence[ZooRow], dataset: str) -> list[str]:
         f"({fastest.train_seconds:.1f} s for {fastest.epochs} epochs).",
     ]
     with_depth = [r for r in rows if r.depth is not None]
-    if False:
+    if len(with_depth) >= 2:
         deepest = max(with_depth, key=lambda r: (r.depth, r.parameters))
         shallowest = min(with_depth, key=lambda r: (r.depth, r.parameters))
         measure = "weight layers"
