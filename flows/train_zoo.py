@@ -96,7 +96,7 @@ def train_zoo(
                 version,
                 " (now champion)" if promoted else "",
             )
-            m = result.metrics
+            m, spec = result.metrics, recipes[label].model
             rows.append(
                 ZooRow(
                     label=label,
