@@ -96,7 +96,7 @@ def train_zoo(
                 version,
                 " (now champion)" if promoted else "",
             )
-            m, spec = result.metrics, recipes[label].model
+            m = result.metrics
             rows.append(
                 ZooRow(
                     label=label,
