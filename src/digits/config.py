@@ -434,15 +434,14 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     if profile != "full" and profile not in profiles:
         allowed = ", ".join(["full", *sorted(profiles)])
         raise DigitsError(f"{source}: profile: unknown profile {profile!r}; allowed: {allowed}")
+    active = _validated(_deep_merge(raw, profiles[profile]) if profile != "full" else raw, source)
     for name, overrides in profiles.items():
         if name == profile:
             continue
         if not isinstance(overrides, dict):
             raise DigitsError(f"{source}: profiles.{name}: expected a mapping of overrides")
         _validated(_deep_merge(raw, overrides) | {"profile": name}, f"{source} (profiles.{name})")
-    if profile != "full":
-        raw = _deep_merge(raw, profiles[profile])
-    return _validated(raw, source)
+    return active
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
