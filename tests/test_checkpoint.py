@@ -168,9 +168,7 @@ def kill_recipe(checkpoint: Path) -> None:
 
     images, labels = digits_like()
     with pytest.raises(Killed):
-        train_recipe(
-            RECIPE, images, labels, 0, CPU, checkpoint=checkpoint, on_epoch=die, **VAL
-        )
+        train_recipe(RECIPE, images, labels, 0, CPU, checkpoint=checkpoint, on_epoch=die, **VAL)
     assert checkpoint.is_file()
 
 
@@ -196,6 +194,8 @@ def test_train_recipe_never_resumes_another_run(tmp_path: Path, change: str) -> 
     else:
         images, labels = images[:-4], labels[:-4]
     kill_recipe(tmp_path / "c.pt")
-    result = train_recipe(recipe, images, labels, seed=seed, device=CPU, checkpoint=tmp_path / "c.pt")
+    result = train_recipe(
+        recipe, images, labels, seed=seed, device=CPU, checkpoint=tmp_path / "c.pt"
+    )
     assert result.resumed_from == 0
     assert len(result.history) == 3

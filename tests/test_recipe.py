@@ -1,104 +1,174 @@
+"""A recipe trained on prepared arrays: the raw-pixel model, one fold, the final fit, the arrays."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from digits.config import TrainConfig
+from digits.config import Recipe
 from digits.crossval import stratified_folds
-from digits.studies.mnist_mlp import (
-    MnistArrays,
-    RawPixelClassifier,
-    evaluate_fold,
-    fit_final,
-    load_mnist_arrays,
-    standardize,
-)
+from digits.data import arrays as arrays_module
+from digits.data.arrays import DatasetArrays, load_arrays, stratified_subset
+from digits.models import channel_statistics, count_parameters
+from digits.models.pixels import PixelClassifier
+from digits.training.recipe import evaluate_fold, fit_final, train_recipe
 
 CPU = torch.device("cpu")
-CFG = TrainConfig(depth=1, width=16, epochs=4, batch_size=32, lr=3e-3, dropout=0.0)
+RECIPE = Recipe.model_validate(
+    {
+        "model": {"name": "mlp", "args": {"depth": 1, "width": 16, "dropout": 0.0}},
+        "optim": {"epochs": 4, "batch_size": 32, "lr": 3e-3},
+    }
+)
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 28, 28) uint8 images where class k lights up row 2k+4 brightly; easy to learn."""
+    """(n, 28, 28, 1) uint8 images where class k lights up row 2k+4 brightly; easy to learn."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 10
-    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-    images[np.arange(n), 2 * labels + 4, :] = 250
+    images = rng.integers(0, 60, size=(n, 28, 28, 1), dtype=np.uint8)
+    images[np.arange(n), 2 * labels + 4] = 250
     return images, labels.astype(np.int64)
 
 
-def test_standardize_uses_the_given_statistics() -> None:
-    train = np.full((4, 28, 28), 51, dtype=np.uint8)
+# ------------------------------------------------------------------ raw pixels in
+
+
+def test_channel_statistics_are_those_of_the_pixels_on_the_unit_scale() -> None:
+    train = np.full((4, 28, 28, 1), 51, dtype=np.uint8)
     train[:2] = 153  # pixels 0.2 and 0.6 on the [0, 1] scale, half each
-    x, mean, std = standardize(train)
-    assert x.shape == (4, 784) and x.dtype == torch.float32
-    assert mean == pytest.approx(0.4)
-    assert std == pytest.approx(0.2, rel=1e-3)  # sample std of ±0.2 over 3136 pixels
-    assert float(x.mean()) == pytest.approx(0.0, abs=1e-5)
+    mean, std = channel_statistics(torch.from_numpy(train), channels=1)
+    assert mean == [pytest.approx(0.4)]
+    assert std == [pytest.approx(0.2, rel=1e-3)]  # sample std of ±0.2 over 3136 pixels
 
-    test = np.full((1, 28, 28, 1), 255, dtype=np.uint8)
-    xt, mean_t, std_t = standardize(test, mean, std)
-    assert (mean_t, std_t) == (mean, std)
-    torch.testing.assert_close(xt, torch.full((1, 784), (1.0 - mean) / std))
+    # Grey images feeding a colour network: every channel gets the grey statistics.
+    mean3, std3 = channel_statistics(torch.from_numpy(train), channels=3)
+    assert mean3 == pytest.approx([0.4] * 3) and std3 == pytest.approx([std[0]] * 3)
 
 
-def test_raw_pixel_classifier_matches_standardised_inputs() -> None:
+def test_pixel_classifier_matches_standardised_inputs() -> None:
     images, _ = fake_digits(8, seed=0)
-    x, mean, std = standardize(images)
-    inner = torch.nn.Linear(784, 10)
-    wrapped = RawPixelClassifier(inner, mean, std)
-    torch.testing.assert_close(wrapped(torch.from_numpy(images)), inner(x))
-    as_float = torch.from_numpy(images).float().reshape(8, 28, 28, 1)
-    torch.testing.assert_close(wrapped(as_float), inner(x))
-    assert {"mean", "std"} <= set(wrapped.state_dict())
+    mean, std = 0.3, 0.25
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    wrapped = PixelClassifier(inner, channels=1, side=28, mean=[mean], std=[std])
+    standardised = (torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255 - mean) / std
+    expected = inner(standardised)
+
+    torch.testing.assert_close(wrapped(torch.from_numpy(images)), expected)
+    torch.testing.assert_close(wrapped(torch.from_numpy(images).float()), expected)
+    torch.testing.assert_close(wrapped(torch.from_numpy(images[..., 0])), expected)  # (B, H, W)
+    assert {"mean", "std"} <= set(wrapped.state_dict())  # the constants travel with the weights
+
+
+def test_train_recipe_normalises_with_the_training_images_only() -> None:
+    images, labels = fake_digits(100, seed=0)
+    val_images = np.full((20, 28, 28, 1), 255, dtype=np.uint8)  # would move the mean a lot
+    result = train_recipe(
+        RECIPE.updated({"optim": {"epochs": 1}}),
+        images,
+        labels,
+        seed=0,
+        device=CPU,
+        val_images=val_images,
+        val_labels=labels[:20],
+    )
+    mean, std = channel_statistics(torch.from_numpy(images), channels=1)
+    assert isinstance(result.model, PixelClassifier)
+    assert float(result.model.mean) == pytest.approx(mean[0])
+    assert float(result.model.std) == pytest.approx(std[0])
+
+
+# ------------------------------------------------------------------ folds and the final fit
 
 
 def test_evaluate_fold_learns_and_is_deterministic() -> None:
     images, labels = fake_digits(300, seed=0)
     train_idx, val_idx = stratified_folds(labels, k=3, seed=0)[0]
-    first = evaluate_fold(images, labels, train_idx, val_idx, CFG, seed=0, device=CPU)
-    again = evaluate_fold(images, labels, train_idx, val_idx, CFG, seed=0, device=CPU)
+    first = evaluate_fold(RECIPE, images, labels, train_idx, val_idx, seed=0, device=CPU)
+    again = evaluate_fold(RECIPE, images, labels, train_idx, val_idx, seed=0, device=CPU)
     assert first.val_accuracy >= 0.95
     assert first.val_accuracy == first.history[-1]["val_accuracy"]
-    assert len(first.history) == CFG.epochs
+    assert first.val_loss == first.history[-1]["val_loss"]
+    assert len(first.history) == RECIPE.optim.epochs
     assert first.val_accuracy == again.val_accuracy
     assert first.val_loss == again.val_loss
+    assert first.train_seconds > 0
+
+
+def test_evaluate_fold_scores_the_validation_part_only() -> None:
+    images, labels = fake_digits(300, seed=0)
+    train_idx, val_idx = stratified_folds(labels, k=3, seed=0)[0]
+    noisy = labels.copy()
+    noisy[val_idx] = (noisy[val_idx] + 1) % 10  # every validation label wrong
+    result = evaluate_fold(RECIPE, images, noisy, train_idx, val_idx, seed=0, device=CPU)
+    assert result.val_accuracy <= 0.05  # it learnt the true rule from train_idx, then was scored
 
 
 def test_fit_final_scores_the_test_set_with_a_raw_pixel_model() -> None:
     train_images, train_labels = fake_digits(300, seed=0)
     test_images, test_labels = fake_digits(100, seed=1)
+    order = np.random.default_rng(2).permutation(100)  # not in the training images' order
+    test_images, test_labels = test_images[order], test_labels[order]
+    test_labels[::2] = (test_labels[::2] + 1) % 10  # half the test labels wrong: accuracy ~0.5
     result = fit_final(
-        train_images, train_labels, test_images, test_labels, CFG, seed=0, device=CPU
+        RECIPE, train_images, train_labels, test_images, test_labels, seed=0, device=CPU
     )
-    assert result.metrics.accuracy >= 0.95
+    assert 0.45 <= result.metrics.accuracy <= 0.5
     assert result.metrics.confusion.sum() == 100
-    assert len(result.history) == CFG.epochs
-    # The saved model takes raw uint8 pixels and reproduces the reported accuracy.
-    predicted = result.model(torch.from_numpy(test_images)).argmax(dim=1).numpy()
+    assert result.train_accuracy >= 0.95
+    assert len(result.history) == RECIPE.optim.epochs
+    assert all(np.isnan(h["val_accuracy"]) for h in result.history)  # the test set is not peeked at
+    assert result.parameters == count_parameters(result.model) == 784 * 16 + 16 + 16 * 10 + 10
+    assert result.images_per_second > 0
+    # The saved model lives on the CPU, takes raw uint8 pixels and reproduces the reported accuracy.
+    assert isinstance(result.model, PixelClassifier)
+    assert {p.device for p in result.model.parameters()} == {CPU}
+    with torch.no_grad():
+        predicted = result.model(torch.from_numpy(test_images)).argmax(dim=1).numpy()
     assert (predicted == test_labels).mean() == pytest.approx(result.metrics.accuracy)
-    assert isinstance(result.model, RawPixelClassifier)
-    assert float(result.model.mean) == pytest.approx(result.mean)
 
 
-def test_load_mnist_arrays_takes_stratified_subsets(monkeypatch, tmp_path) -> None:
-    import digits.data.sources
+# ------------------------------------------------------------------ arrays
 
+
+def test_stratified_subset_keeps_class_shares_and_is_sorted() -> None:
+    labels = np.repeat(np.arange(10), 50)
+    keep = stratified_subset(labels, 100, seed=0)
+    assert len(keep) == 100 and np.all(np.diff(keep) > 0)
+    np.testing.assert_array_equal(np.bincount(labels[keep]), [10] * 10)
+    np.testing.assert_array_equal(keep, stratified_subset(labels, 100, seed=0))
+    assert not np.array_equal(keep, stratified_subset(labels, 100, seed=1))
+    np.testing.assert_array_equal(stratified_subset(labels, None, seed=0), np.arange(500))
+    np.testing.assert_array_equal(stratified_subset(labels, 500, seed=0), np.arange(500))
+
+
+def test_load_arrays_takes_stratified_subsets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     splits = {"train": fake_digits(500, seed=0), "test": fake_digits(200, seed=1)}
 
-    def fake_load_split(name, root, split):
-        # As prepared on disk: (N, 28, 28, 1) uint8 images and int64 labels.
+    def fake_load_split(name: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         assert (name, root) == ("mnist", tmp_path)
-        images, labels = splits[split]
-        return images[..., None], labels
+        return splits[split]
 
-    monkeypatch.setattr(digits.data.sources, "load_split", fake_load_split, raising=False)
-    arrays = load_mnist_arrays(tmp_path, train_subset=100, test_subset=None, seed=0)
-    assert isinstance(arrays, MnistArrays)
-    assert arrays.train_images.shape == (100, 28, 28, 1) and arrays.train_images.dtype == np.uint8
-    assert arrays.train_labels.dtype == np.int64
-    np.testing.assert_array_equal(np.bincount(arrays.train_labels), [10] * 10)
-    assert arrays.test_images.shape == (200, 28, 28, 1)
-    again = load_mnist_arrays(tmp_path, train_subset=100, test_subset=None, seed=0)
-    np.testing.assert_array_equal(arrays.train_images, again.train_images)
+    monkeypatch.setattr(arrays_module, "load_split", fake_load_split)
+    monkeypatch.setattr(arrays_module, "is_synthetic", lambda name, root: False)
+    load_arrays.cache_clear()
+    try:
+        arrays = load_arrays("mnist", tmp_path, train_subset=100, test_subset=None, seed=0)
+        assert isinstance(arrays, DatasetArrays)
+        assert arrays.image_shape == (28, 28, 1)
+        assert arrays.train_images.shape == (100, 28, 28, 1)
+        assert arrays.train_images.dtype == np.uint8
+        assert arrays.train_labels.dtype == np.int64
+        np.testing.assert_array_equal(np.bincount(arrays.train_labels), [10] * 10)
+        assert arrays.test_images.shape == (200, 28, 28, 1)
+        assert not arrays.synthetic
+        keep = stratified_subset(splits["train"][1], 100, seed=0)
+        np.testing.assert_array_equal(arrays.train_images, splits["train"][0][keep])
+    finally:
+        load_arrays.cache_clear()  # the cache must not outlive the fake files

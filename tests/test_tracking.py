@@ -1,7 +1,10 @@
 """MLflow edge: runs, failed runs, model registration with tags, champion promotion."""
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -12,20 +15,19 @@ from digits.edges import tracking
 from digits.errors import DigitsError
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mlruns")
-    tracking.configure(
-        TrackingConfig(
-            uri=f"sqlite:///{root}/mlflow.db",
-            artifact_root=root / "artifacts",
-            experiment_prefix="test",
-        )
-    )
-    return root
+@pytest.fixture(autouse=True)
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh MLflow store per test: no test sees another's runs, models or aliases."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = TrackingConfig(artifact_root=tmp_path / "artifacts", experiment_prefix="test")
+    assert tracking.configure(cfg) == uri  # the environment wins over params
+    yield tmp_path
+    while mlflow.active_run() is not None:  # a failing test must not leave a run open
+        mlflow.end_run("FAILED")
 
 
-def test_run_records_params_metrics_and_history(store: Path) -> None:
+def test_run_records_params_metrics_and_history() -> None:
     with tracking.start_run(
         "unit", "run-a", params={"width": 32}, tags={"profile": "quick"}
     ) as run:
@@ -40,13 +42,13 @@ def test_run_records_params_metrics_and_history(store: Path) -> None:
     assert sorted(steps) == [1, 2]
 
 
-def test_exception_inside_a_run_marks_it_failed(store: Path) -> None:
+def test_exception_inside_a_run_marks_it_failed() -> None:
     with pytest.raises(RuntimeError), tracking.start_run("unit", "run-boom") as run:
         raise RuntimeError("boom")
     assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_failed_trial_is_recorded_with_its_reason(store: Path) -> None:
+def test_failed_trial_is_recorded_with_its_reason() -> None:
     run_id = tracking.record_failed_run(
         "unit", "trial-nan", {"lr": 1e9}, "TrainingDiverged: nan", nested=False
     )
@@ -55,7 +57,7 @@ def test_failed_trial_is_recorded_with_its_reason(store: Path) -> None:
     assert run.data.tags["failure_reason"] == "TrainingDiverged: nan"
 
 
-def test_register_tags_and_promotes_only_a_better_model(store: Path) -> None:
+def test_register_tags_and_promotes_only_a_better_model() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     example = np.zeros((2, 4), dtype=np.float32)
     versions = {}
@@ -75,7 +77,7 @@ def test_register_tags_and_promotes_only_a_better_model(store: Path) -> None:
     )
 
 
-def test_promote_by_hand_and_unknown_version(store: Path) -> None:
+def test_promote_by_hand_and_unknown_version() -> None:
     model = torch.nn.Linear(4, 3)
     with tracking.start_run("unit", "manual"):
         version = tracking.register_model(model, "manual-model", np.zeros((1, 4), np.float32), {})
@@ -88,11 +90,10 @@ def test_promote_by_hand_and_unknown_version(store: Path) -> None:
 
 
 def test_cli_promote_of_an_unknown_model_is_one_line_and_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from digits.edges.cli import main
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params = Path(__file__).resolve().parents[1] / "params.yaml"
     with pytest.raises(SystemExit) as exit_info:
         main(["--params", str(params), "promote", "no-such-model", "1"])
@@ -101,3 +102,45 @@ def test_cli_promote_of_an_unknown_model_is_one_line_and_exit_2(
     assert err == [
         "digits: error: model 'no-such-model' version '1' is not registered; known versions: none"
     ]
+
+
+def test_runs_side_by_side_are_addressed_by_id() -> None:
+    parent = tracking.create_run("unit", "sweep", params={"strategy": "grid"})
+    first = tracking.create_run("unit", "trial-000", {"width": 32}, {"fold": 0}, parent)
+    second = tracking.create_run("unit", "trial-001", {"width": 64}, parent_run_id=parent)
+    assert tracking.active_run_id() is None  # none of them is MLflow's "active run"
+    # Interleaved, as results come back from workers.
+    tracking.log_run_metrics(second, {"val_accuracy": 0.5}, step=1, timestamp_ms=1_000)
+    tracking.log_run_metrics(first, {"val_accuracy": 0.9, "val_loss": math.nan}, step=1)
+    tracking.log_run_metrics(first, {"val_accuracy": 0.95}, step=2, prefix="fold0/")
+    tracking.end_run(first, tags={"mean_cv_accuracy": 0.95})
+    tracking.end_run(second, "FAILED", tags={"failure_reason": "diverged"})
+
+    client = MlflowClient()
+    one, two = client.get_run(first), client.get_run(second)
+    assert (one.info.run_name, two.info.run_name) == ("trial-000", "trial-001")
+    assert one.data.tags["mlflow.parentRunId"] == parent == two.data.tags["mlflow.parentRunId"]
+    assert (one.data.params, one.data.tags["fold"]) == ({"width": "32"}, "0")
+    assert one.data.metrics == {"val_accuracy": 0.9, "fold0/val_accuracy": 0.95}  # NaN dropped
+    assert (one.info.status, one.data.tags["mean_cv_accuracy"]) == ("FINISHED", "0.95")
+    assert (two.info.status, two.data.tags["failure_reason"]) == ("FAILED", "diverged")
+    [point] = client.get_metric_history(second, "val_accuracy")
+    assert (point.value, point.step, point.timestamp) == (0.5, 1, 1_000)
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert {r.info.run_id for r in tracking.runs_of("unit")} == {parent, first, second}
+
+
+def test_register_model_in_run_logs_to_that_run_and_finishes_it() -> None:
+    run_id = tracking.create_run("unit", "final")
+    tracking.log_run_metrics(run_id, {"accuracy": 0.9})
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    version = tracking.register_model_in_run(
+        run_id, model, "in-run-model", np.zeros((2, 4), np.float32), {"profile": "quick"}
+    )
+    assert version == "1"
+    client = MlflowClient()
+    registered = client.get_model_version("in-run-model", version)
+    assert registered.run_id == run_id
+    assert registered.tags["profile"] == "quick"
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert tracking.active_run_id() is None

@@ -37,7 +37,9 @@ def tiny_model(images: torch.Tensor, seed: int = 0) -> torch.nn.Module:
 
 
 def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_second")} for h in history]
+    return [
+        {k: v for k, v in h.items() if k not in ("seconds", "images_per_second")} for h in history
+    ]
 
 
 def test_learns_a_separable_problem_and_reports_each_epoch() -> None:
@@ -81,6 +83,20 @@ def test_without_validation_the_val_columns_are_nan() -> None:
     result = fit(tiny_model(x), x, y, cfg, seed=0, device=CPU)
     assert result.history[0]["val_accuracy"] != result.history[0]["val_accuracy"]  # NaN
     assert result.history[0]["images_per_second"] > 0
+    assert not result.model.training  # left in eval mode even with no validation pass
+
+
+def test_train_loss_and_accuracy_are_per_image_means_over_the_epoch() -> None:
+    x, y = separable(n=100)  # batches of 32, 32, 32 and 4: a plain mean of batches would differ
+    model = build_classifier("mlp", {"depth": 1, "width": 8}, (4, 4, 1), seed=0, train_images=x)
+    with torch.no_grad():
+        logits = model(x)
+    # A step too small to move the weights: the epoch's statistics are those of the initial model.
+    cfg = OptimConfig(epochs=1, batch_size=32, lr=1e-12, optimizer="sgd", lr_schedule="constant")
+    stats = fit(model, x, y, cfg, seed=0, device=CPU).history[0]
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    assert stats["train_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert stats["train_accuracy"] == float((logits.argmax(dim=1) == y).float().mean())
 
 
 def test_validation_images_without_labels_are_refused() -> None:
@@ -95,9 +111,7 @@ def test_same_seed_gives_identical_history(optimizer: str) -> None:
     cfg = CFG.model_copy(update={"optimizer": optimizer, "label_smoothing": 0.1})
 
     def run(seed: int) -> list[dict[str, float]]:
-        result = fit(
-            tiny_model(x), x, y, cfg, seed=seed, device=CPU, val_images=x, val_labels=y
-        )
+        result = fit(tiny_model(x), x, y, cfg, seed=seed, device=CPU, val_images=x, val_labels=y)
         return without_timing(result.history)
 
     assert run(0) == run(0)
@@ -165,7 +179,9 @@ def test_transform_sees_every_training_batch_and_no_validation_batch() -> None:
         return batch.float()
 
     cfg = CFG.model_copy(update={"epochs": 2})
-    fit(tiny_model(x), x, y, cfg, seed=0, device=CPU, val_images=xv, val_labels=yv, transform=record)
+    fit(
+        tiny_model(x), x, y, cfg, seed=0, device=CPU, val_images=xv, val_labels=yv, transform=record
+    )
     assert sizes == [32, 32, 32, 4] * 2  # training batches only, never the 40 validation images
 
 
