@@ -139,7 +139,9 @@ def test_planned_values_follow_the_strategy() -> None:
     grid = SearchSpace.model_validate({"model": {"width": [8, 16]}})
 
     def search(strategy: str) -> SearchConfig:
-        return SearchConfig(strategy=strategy, grid=grid, space=SPACE, n_trials=5)  # type: ignore[arg-type]
+        return SearchConfig.model_validate(
+            {"strategy": strategy, "grid": grid, "space": SPACE, "n_trials": 5}
+        )
 
     assert planned_values(search("grid"), seed=0) == grid_values(grid)
     assert planned_values(search("random"), seed=0) == random_values(SPACE, 5, seed=0)

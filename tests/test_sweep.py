@@ -170,7 +170,8 @@ def test_optuna_prunes_a_weak_trial_after_its_first_fold() -> None:
         assert [f for t, f in launched if t.number == n] == [0]
         assert list(scheduler.trials[n].scores) == [0]
     # Optuna was told the same.
-    study_states = {t.number: t.state for t in scheduler.study.trials}  # type: ignore[union-attr]
+    assert scheduler.study is not None
+    study_states = {t.number: t.state for t in scheduler.study.trials}
     assert {n for n, s in study_states.items() if s == optuna.trial.TrialState.PRUNED} == set(
         pruned
     )

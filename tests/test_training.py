@@ -8,6 +8,7 @@ import torch
 from digits.config import OptimConfig
 from digits.errors import DigitsError, TrainingDiverged
 from digits.models import build_classifier
+from digits.models.pixels import PixelClassifier
 from digits.training.loop import (
     EpochStats,
     evaluate,
@@ -139,6 +140,7 @@ def test_fit_neither_reads_nor_changes_the_global_random_state() -> None:
 def test_exploding_updates_raise_training_diverged() -> None:
     x, y = separable()
     model = tiny_model(x)
+    assert isinstance(model, PixelClassifier)
     # A near-zero normalisation scale makes the network's inputs ~1e30: the first loss is finite
     # but enormous, the SGD step overflows the weights and the next batch's loss is not finite.
     model.std.fill_(1e-30)
