@@ -28,6 +28,7 @@ from digits.edges.runner import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -36,7 +37,14 @@ from tqdm.auto import tqdm
 
 from digits.config import ComputeConfig, Params, Recipe, SearchConfig
 from digits.crossval import stratified_folds
-from digits.data.arrays import DatasetArrays, load_arrays, prepared_checksum
+from digits.data.arrays import (
+    DatasetArrays,
+    is_synthetic,
+    load_arrays,
+    load_split,
+    prepared_checksum,
+    read_manifest,
+)
 from digits.edges import tracking
 from digits.edges.runner import (
     ProgressFeed,
@@ -85,9 +93,24 @@ class DataRef:
     extra: bool = False
 
     def load(self) -> DatasetArrays:
+        """The arrays, read once per process (workers only: the flow needs none of them)."""
         return load_arrays(
             self.dataset, self.root, self.train_subset, self.test_subset, self.seed, self.extra
         )
+
+    def is_synthetic(self) -> bool:
+        return is_synthetic(self.dataset, self.root)
+
+    def test_examples(self, n: int = 5) -> np.ndarray:
+        """The first `n` test images, read from the memory-mapped split (not the whole set)."""
+        images, _ = load_split(self.dataset, self.root, "test")
+        return np.array(images[:n])
+
+    def train_count(self) -> int:
+        """Training images a task sees: the split (plus extra), cut to `train_subset`."""
+        counts = read_manifest(self.dataset, self.root)["counts"]
+        total = counts["train"] + (counts.get("extra", 0) if self.extra else 0)
+        return min(total, self.train_subset) if self.train_subset else total
 
 
 @dataclass(frozen=True)
@@ -231,7 +254,7 @@ class Engine:
             "profile": params.profile,
             "dataset": data.dataset,
             "data_checksum": self.checksum,
-            "synthetic": str(data.load().synthetic).lower(),
+            "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
             "placement": self.placement.describe(),
             "prefect_flow_run_id": self.flow_run_id,
@@ -242,10 +265,9 @@ class Engine:
 
     def log_dataset(self, context: str) -> None:
         """Record the data set in the active run, as MLflow's dataset input."""
-        arrays = self.data.load()
-        name = f"{self.data.dataset}{' (synthetic)' if arrays.synthetic else ''}"
+        name = f"{self.data.dataset}{' (synthetic)' if self.data.is_synthetic() else ''}"
         source = Path(self.data.root) / "prepared" / self.data.dataset
-        tracking.log_dataset(name, self.checksum, source, context, arrays.test_images[:5])
+        tracking.log_dataset(name, self.checksum, source, context, self.data.test_examples())
 
     def _record_epochs(self) -> None:
         for message in self.feed.drain():
@@ -441,7 +463,7 @@ class Engine:
         Returns:
             (version, whether it became the champion).
         """
-        example = self.data.load().test_images[:5]
+        example = self.data.test_examples()
         version = tracking.register_model_in_run(
             run_id, result.model, name, example, tags={**self.tags, **tags}
         )

@@ -48,7 +48,7 @@ def train_zoo(
     data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
     experiment = f"zoo-{dataset}"
     engine = Engine(params, experiment, data)
-    synthetic = data.load().synthetic
+    synthetic = data.is_synthetic()
     out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
     run_name = f"zoo-{dataset}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -96,28 +96,18 @@ def train_zoo(
                 version,
                 " (now champion)" if promoted else "",
             )
-            m = result.metrics
+            spec = recipes[label].model
             rows.append(
-                ZooRow(
-                    label=label,
-                    model=recipes[label].model.name,
-                    args=parse_args(
-                        recipes[label].model.name, recipes[label].model.args
-                    ).model_dump(),
-                    accuracy=m.accuracy,
-                    precision=m.precision_macro,
-                    recall=m.recall_macro,
-                    f1=m.f1_macro,
-                    train_accuracy=result.train_accuracy,
-                    parameters=result.parameters,
-                    train_seconds=result.train_seconds,
-                    images_per_second=result.images_per_second,
-                    epochs=recipes[label].optim.epochs,
+                ZooRow.from_final(
+                    label,
+                    spec.name,
+                    parse_args(spec.name, spec.args).model_dump(),
+                    result,
                     registered=f"{name} v{version}",
                     run_id=run_id,
                 )
             )
-            confusions[label] = m.confusion
+            confusions[label] = result.metrics.confusion
             histories[label] = result.history
         if not rows:
             raise DigitsError(f"every zoo model failed on {dataset}: {failures}")

@@ -68,7 +68,6 @@ def tune_mnist(
             tracking.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
             raise final
         engine.record_final(run_id, final, {"cv_accuracy": best.mean_score()})
-        arrays = data.load()
         summary = {
             "profile": params.profile,
             "strategy": strategy,
@@ -77,7 +76,7 @@ def tune_mnist(
             "startup_seconds": round(outcome.startup_seconds, 2),
             "sweep_seconds": round(outcome.sweep_seconds, 2),
             "train_seconds": round(outcome.train_seconds, 2),
-            "train_images": len(arrays.train_labels),
+            "train_images": data.train_count(),
             "data_checksum": engine.checksum,
         }
         best_summary = {
