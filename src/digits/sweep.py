@@ -135,8 +135,9 @@ class SweepScheduler:
     def fold_done(self, trial: Trial, fold: int, score: float, outcome: Any = None) -> list[Launch]:
         """Record a finished fold; returns what to launch next (the trial's next fold, or others).
 
-        A trial whose running mean falls below the median of earlier trials at the same fold is
-        pruned (optuna only).
+        The running mean is reported to Optuna after each fold; its median pruner stops a trial
+        whose best reported value so far is below the median of earlier trials at that fold
+        (optuna only).
         """
         trial.scores[fold] = score
         trial.outcomes[fold] = outcome
