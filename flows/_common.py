@@ -9,14 +9,13 @@ A flow says which study, which tasks, which data; this module does the rest once
   as many workers as the cluster has, one MLflow run per trial, its curves live as epochs finish;
 * `Engine.final`: trains a recipe on all training images, scores the test set once, records it;
 * `Engine.register`: registers the model (raw uint8 pixels in) and promotes it when it is better;
-* `main`: argv, the shared Prefect API, the Dask task runner, one-line errors.
+
+`flows._main` holds what every flow shares without the engine: `main`, provenance, the retry rule.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,34 +50,15 @@ from digits.edges.runner import (
     configure_worker_threads,
     plan_placement,
     publish_progress,
+    task_slots,
 )
 from digits.errors import DigitsError, TrainingDiverged
 from digits.sweep import SweepScheduler, Trial
 from digits.training.loop import EpochStats, select_device
 from digits.training.recipe import FinalResult, FoldResult, evaluate_fold, fit_final
+from flows._main import git_commit, retry_unless_diverged
 
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
-
-
-def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures; a NaN loss is deterministic under the seed and would fail again."""
-    try:
-        state.result()
-    except TrainingDiverged:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -246,6 +226,7 @@ class Engine:
         self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
         runner = context.task_runner if context else None
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
+        self.slots = task_slots(self.placement, runner)
         self.retries = {
             "retries": params.compute.task_retries,
             "retry_delay_seconds": params.compute.retry_delay_s,
@@ -259,7 +240,7 @@ class Engine:
             "placement": self.placement.describe(),
             "prefect_flow_run_id": self.flow_run_id,
         }
-        self.logger.info("placement: %s", self.placement.describe())
+        self.logger.info("placement: %s; %d task(s) at once", self.placement.describe(), self.slots)
 
     # ------------------------------------------------------------------------------ recording
 
@@ -298,8 +279,7 @@ class Engine:
             TrainingDiverged: when every trial failed (the first reason is given).
         """
         parent = tracking.active_run_id()
-        slots = max(self.placement.workers, 1)
-        scheduler = SweepScheduler(search, base, folds, self.params.seed, slots=slots)
+        scheduler = SweepScheduler(search, base, folds, self.params.seed, slots=self.slots)
         run_ids: dict[int, str] = {}
         active: dict[Any, tuple[Trial, int]] = {}
         started = time.perf_counter()
@@ -475,32 +455,4 @@ class Engine:
         self.feed.close()
 
 
-def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
-    """`python flows/<study>.py [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
-
-    Args:
-        flow: The Prefect flow; called with `params_path` and the extra options.
-        description: The flow's one-line description, for --help.
-        extra: Further options and their defaults (e.g. dataset="svhn").
-    """
-    from digits.config import load_params
-    from digits.edges.cli import run_or_exit
-    from digits.edges.runner import shared_prefect_api, task_runner
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml")
-    for name, default in extra.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", default=default)
-    args = parser.parse_args()
-    options = {name: getattr(args, name) for name in extra}
-
-    def run() -> Any:
-        params = load_params(args.params)
-        runner = task_runner(params.compute)
-        with shared_prefect_api():
-            return flow.with_options(task_runner=runner)(args.params, **options)  # type: ignore[attr-defined]
-
-    run_or_exit(run)
-
-
-__all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "main", "recipe_params"]
+__all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "recipe_params"]

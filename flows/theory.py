@@ -25,8 +25,7 @@ from digits.config import TheoryConfig, load_params
 from digits.edges import tracking
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
-from flows import _common
-from flows._common import git_commit, retry_unless_diverged
+from flows._main import git_commit, main, retry_unless_diverged
 
 REPORT_DIR = Path("reports/theory")
 EXPERIMENT = "theory"
@@ -76,4 +75,4 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
 
 
 if __name__ == "__main__":
-    _common.main(theory_flow, __doc__.splitlines()[0])
+    main(theory_flow, __doc__.splitlines()[0])

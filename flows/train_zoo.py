@@ -27,8 +27,8 @@ from digits.edges import tracking
 from digits.errors import DigitsError
 from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
-from flows import _common
 from flows._common import DataRef, Engine
+from flows._main import main
 
 
 @flow(name="train-zoo")
@@ -133,4 +133,4 @@ def train_zoo(
 
 
 if __name__ == "__main__":
-    _common.main(train_zoo, __doc__.splitlines()[0], dataset="svhn", search=None)
+    main(train_zoo, __doc__.splitlines()[0], dataset="svhn", search=None)

@@ -21,8 +21,8 @@ from digits.config import load_params
 from digits.edges import tracking
 from digits.reports.mnist import tuning_table, write_mnist_report
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
-from flows import _common
 from flows._common import DataRef, Engine
+from flows._main import main
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
@@ -120,4 +120,4 @@ def tune_mnist(
 
 
 if __name__ == "__main__":
-    _common.main(tune_mnist, __doc__.splitlines()[0])
+    main(tune_mnist, __doc__.splitlines()[0])

@@ -89,8 +89,18 @@ def test_load_params_merges_overrides_on_top(tmp_path: Path) -> None:
         ("mnist.recipe.optim.lr", "fast", "mnist.recipe.optim.lr: Input should be a valid number"),
         ("mnist.recipe.optim.optimizer", "lbfgs", "mnist.recipe.optim.optimizer"),
         ("mnist.recipe.optim.augment.translate", -1, "mnist.recipe.optim.augment.translate"),
-        ("mnist.recipe.model.args.activation", "gelu", "mnist.recipe.model: .*activation: "),
-        ("mnist.recipe.model.args.widht", 64, "widht: not an argument of mlp"),
+        (
+            "mnist.recipe.model.args.activation",
+            "gelu",
+            r"mnist\.recipe\.model\.args\.activation: Input should be",
+        ),
+        ("mnist.recipe.model.args.widht", 64, r"model\.args\.widht: not an argument of mlp"),
+        (
+            "mnist.search.grid.model.width",
+            [0, 64],
+            r"^params: mnist\.search\.grid\.model\.width: value 0 refused: "
+            r"Input should be greater than or equal to 1 \(got 0\)$",
+        ),
         ("mnist.recipe.model.name", "mlpp", "unknown model 'mlpp'; available: .*mlp"),
         ("mnist.search.strategy", "bayes", "mnist.search.strategy"),
         ("mnist.search.grid.model.depth", {"low": 1, "high": 3}, "grid.model.depth: a grid takes"),

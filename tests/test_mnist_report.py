@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from digits.config import ModelSpec, OptimConfig, Recipe, SearchConfig
 from digits.metrics import classification_metrics
@@ -117,12 +116,6 @@ def test_table1_rows_lay_out_the_complete_trials_of_a_sweep() -> None:
     assert list(table["beats_original"]) == [True, True, False]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="src bug: cell_name/table1_fields read recipe.model.args raw, so an MLP argument left "
-    "to its default (width, depth) is None and tuning_table's int(width) raises",
-)
 def test_table1_rows_fill_in_mlp_defaults_the_recipe_leaves_out() -> None:
     recipe = Recipe(model=ModelSpec(name="mlp", args={"activation": "tanh"}))
     trial = Trial(0, {"model": {}, "optim": {}}, recipe, scores={0: 0.9, 1: 0.92})

@@ -32,3 +32,30 @@ def test_cpu_runner_is_a_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = task_runner(ComputeConfig(device="cpu", cpu_workers=2))
     assert runner.cluster_kwargs["n_workers"] == 2
     assert "LocalCluster" in str(runner.cluster_class)
+
+
+def test_an_existing_cluster_runs_as_many_tasks_as_it_has_worker_threads() -> None:
+    from distributed import LocalCluster
+
+    from digits.edges.runner import task_slots
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        placement = plan_placement(ComputeConfig(dask_address=cluster.scheduler_address))
+        with task_runner(ComputeConfig(), placement) as runner:
+            assert task_slots(placement, runner) == 4
+
+
+def test_an_existing_cluster_without_workers_is_a_clear_error() -> None:
+    from distributed import LocalCluster
+
+    from digits.edges.runner import task_slots
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        placement = plan_placement(ComputeConfig(dask_address=cluster.scheduler_address))
+        with (
+            task_runner(ComputeConfig(), placement) as runner,
+            pytest.raises(DigitsError, match="has no worker after 1 s"),
+        ):
+            task_slots(placement, runner, wait_s=1)

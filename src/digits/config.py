@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +100,12 @@ class TrackingConfig(_Strict):
     experiment_prefix: str = Field("digits", min_length=1)
 
 
+def _registered_names() -> list[str]:
+    from digits.models import available_models
+
+    return available_models()
+
+
 class ModelSpec(_Strict):
     """A registered model and its arguments (checked against the model's own argument schema)."""
 
@@ -111,7 +119,10 @@ class ModelSpec(_Strict):
         try:
             spec = model_entry(self.name).input_spec(parse_args(self.name, self.args))
         except DigitsError as error:
-            raise ValueError(str(error)) from None
+            problems = str(error).split("; ")
+            if self.name in _registered_names():  # the problems are the arguments'
+                problems = [f"args.{problem}" for problem in problems]
+            raise ValueError("; ".join(problems)) from None
         if spec.size is not None and spec.size < spec.min_size:
             raise ValueError(
                 f"image_size {spec.size} is below {self.name}'s minimum of {spec.min_size}"
@@ -252,9 +263,13 @@ def _check_search(search: SearchConfig, base: Recipe) -> None:
                 try:
                     base.updated({part: {key: value}})
                 except ValidationError as error:
-                    item = error.errors()[0]
+                    reason = (
+                        _message(error.errors()[0])
+                        .removeprefix(f"args.{key}: ")
+                        .removeprefix(f"{key}: ")
+                    )
                     raise ValueError(
-                        f"{section}.{part}.{key}: value {value!r} refused: {item['msg']}"
+                        f"search.{section}.{part}.{key}: value {value!r} refused: {reason}"
                     ) from None
 
 
@@ -396,14 +411,28 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def _message(item: Mapping[str, Any]) -> str:
+    """Pydantic's message without the "Value error, " it puts before a validator's own words."""
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = _message(item)
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (value {item['input']!r}); check the spelling")
+        elif isinstance(item.get("input"), dict):
+            # A section's own validator: its message names the key inside the section, and the
+            # section's whole content would drown it.
+            inner = re.match(r"^([\w.]+): (.*)$", message, re.DOTALL)
+            if inner and key != "(top level)":
+                lines.append(f"{key}.{inner[1]}: {inner[2]}")
+            else:
+                lines.append(f"{key}: {message}")
         else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{key}: {message} (got {item.get('input')!r})")
     return "; ".join(lines)
 
 

@@ -105,6 +105,30 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
     )
 
 
+def task_slots(placement: Placement, task_runner: Any = None, wait_s: float = 30.0) -> int:
+    """How many tasks run at once: the placement's workers, or an existing cluster's threads.
+
+    An existing cluster is asked (its workers may still be joining: waits up to `wait_s` for the
+    first one); each worker thread runs one task at a time.
+
+    Raises:
+        DigitsError: when the cluster at the address has no worker after `wait_s` seconds.
+    """
+    if placement.kind != "address":
+        return max(placement.workers, 1)
+    client = getattr(task_runner, "client", None) if _is_dask(task_runner) else None
+    if client is None:
+        return 1
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except TimeoutError:
+        raise DigitsError(
+            f"the Dask cluster at {placement.address} has no worker after {wait_s:.0f} s: "
+            "start one with `dask worker ADDRESS`"
+        ) from None
+    return max(sum(client.nthreads().values()), 1)
+
+
 def configure_worker_threads(compute: ComputeConfig) -> None:
     """Limit torch's intra-op threads inside a CPU worker so workers do not oversubscribe cores."""
     import torch

@@ -10,26 +10,35 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from digits.config import Recipe
+from digits.models import parse_args
+from digits.models.mlp import MLPArgs
 from digits.sweep import Trial
+
+
+def _mlp_args(recipe: Recipe) -> MLPArgs:
+    """The recipe's MLP arguments with the registry's defaults filled in for those it leaves out."""
+    args = parse_args(recipe.model.name, recipe.model.args)
+    assert isinstance(args, MLPArgs), f"Table 1 is about the MLP, not {recipe.model.name}"
+    return args
 
 
 def cell_name(recipe: Recipe) -> str:
     """The Table 1 cell of an MLP recipe: `relu-w256-d3-lr0.003-bs512-e20`."""
-    args, optim = recipe.model.args, recipe.optim
+    args, optim = _mlp_args(recipe), recipe.optim
     return (
-        f"{args.get('activation', 'relu')}-w{args.get('width')}-d{args.get('depth')}"
+        f"{args.activation}-w{args.width}-d{args.depth}"
         f"-lr{optim.lr:g}-bs{optim.batch_size}-e{optim.epochs}"
     )
 
 
 def table1_fields(recipe: Recipe) -> dict[str, Any]:
     """The MLP's shape and the optimisation settings Table 1 shows, by their short names."""
-    args = recipe.model.args
+    args = _mlp_args(recipe)
     return {
-        "activation": args.get("activation", "relu"),
-        "width": args.get("width"),
-        "depth": args.get("depth"),
-        "dropout": args.get("dropout", 0.0),
+        "activation": args.activation,
+        "width": args.width,
+        "depth": args.depth,
+        "dropout": args.dropout,
         "lr": recipe.optim.lr,
         "batch_size": recipe.optim.batch_size,
         "epochs": recipe.optim.epochs,
