@@ -16,6 +16,7 @@ A flow says which study, which tasks, which data; this module does the rest once
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -107,15 +108,17 @@ class Progress:
         logger = get_run_logger()
 
         def on_epoch(stats: EpochStats) -> None:
+            scored = not math.isnan(stats.val_accuracy)  # a final fit has no validation split
             logger.info(
-                "%s epoch %d/%d: train loss %.4f, accuracy %.4f, val accuracy %.4f (%.1f s)",
+                "%s epoch %d/%d: train loss %.4f, accuracy %.4f%s (%.1f s, %.0f images/s)",
                 self.label,
                 stats.epoch,
                 self.epochs,
                 stats.train_loss,
                 stats.train_accuracy,
-                stats.val_accuracy,
+                f", val accuracy {stats.val_accuracy:.4f}" if scored else "",
                 stats.seconds,
+                stats.images_per_second,
             )
             publish_progress(
                 self.topic,
@@ -124,7 +127,11 @@ class Progress:
                     "prefix": self.prefix,
                     "step": stats.epoch,
                     "time_ms": int(time.time() * 1000),
-                    "metrics": {key: getattr(stats, key) for key in EPOCH_KEYS},
+                    "metrics": {
+                        key: getattr(stats, key)
+                        for key in EPOCH_KEYS
+                        if not math.isnan(getattr(stats, key))
+                    },
                 },
             )
 
@@ -216,10 +223,12 @@ class Engine:
     Create it inside a Prefect flow.
     """
 
-    def __init__(self, params: Params, experiment: str, data: DataRef) -> None:
+    def __init__(
+        self, params: Params, experiment: str, data: DataRef, max_tasks: int | None = None
+    ) -> None:
         self.params, self.experiment, self.data = params, experiment, data
         self.logger = get_run_logger()
-        self.placement = plan_placement(params.compute)
+        self.placement = plan_placement(params.compute, max_tasks=max_tasks)
         tracking.configure(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
         context = FlowRunContext.get()

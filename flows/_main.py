@@ -35,17 +35,24 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
-def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
+def main(
+    flow: Callable[..., Any],
+    description: str,
+    max_tasks: Callable[..., int | None] | None = None,
+    **extra: Any,
+) -> None:
     """`python flows/<study>.py [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
 
     Args:
         flow: The Prefect flow; called with `params_path` and the extra options.
         description: The flow's one-line description, for --help.
+        max_tasks: Given the params and the extra options, the most tasks the flow runs at once
+            (None: as many as there are workers); see `digits.edges.runner.plan_placement`.
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
     from digits.edges.cli import run_or_exit
-    from digits.edges.runner import shared_prefect_api, task_runner
+    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")
@@ -56,7 +63,8 @@ def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
 
     def run() -> Any:
         params = load_params(args.params)
-        runner = task_runner(params.compute)
+        most = max_tasks(params, **options) if max_tasks else None
+        runner = task_runner(params.compute, plan_placement(params.compute, max_tasks=most))
         with shared_prefect_api():
             return flow.with_options(task_runner=runner)(args.params, **options)  # type: ignore[attr-defined]
 

@@ -22,13 +22,20 @@ set_prefect_defaults()  # before prefect is imported
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import load_params
+from digits.config import Params, load_params
 from digits.edges import tracking
 from digits.errors import DigitsError
 from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
 from flows._common import DataRef, Engine
 from flows._main import main
+
+
+def concurrent_tasks(
+    params: Params, dataset: str, search: str | None = None, **_: Any
+) -> int | None:
+    """The most tasks at once: one per model, unless a search runs (then as many as fit)."""
+    return None if search else len(params.zoo.train.get(dataset, [])) or None  # type: ignore[call-overload]
 
 
 @flow(name="train-zoo")
@@ -47,7 +54,7 @@ def train_zoo(
     extra = params.data.svhn_extra and dataset == "svhn"
     data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
     experiment = f"zoo-{dataset}"
-    engine = Engine(params, experiment, data)
+    engine = Engine(params, experiment, data, max_tasks=concurrent_tasks(params, dataset, search))
     synthetic = data.is_synthetic()
     out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
@@ -133,4 +140,11 @@ def train_zoo(
 
 
 if __name__ == "__main__":
-    main(train_zoo, __doc__.splitlines()[0], dataset="svhn", search=None)
+    main(
+        train_zoo,
+        __doc__.splitlines()[0],
+        max_tasks=concurrent_tasks,
+        dataset="svhn",
+        search=None,
+        report_dir=None,
+    )

@@ -175,12 +175,18 @@ def test_optuna_strategy_asks_tells_and_prunes(
 
 
 @pytest.mark.slow
-def test_zoo_flow_trains_registers_and_compares(
+def test_zoo_flow_searches_trains_registers_and_compares(
     tiny_study: Path, tmp_path: Path, prefect_api: None
 ) -> None:
     from flows.train_zoo import train_zoo
 
-    summary = train_zoo(str(tiny_study), "mnist", None, str(tmp_path / "zoo"))
+    raw = yaml.safe_load(tiny_study.read_text())
+    raw["zoo"].update(
+        folds=2, search={"strategy": "grid", "grid": {"optim": {"lr": [0.03, 0.001]}}}
+    )
+    raw["zoo"]["optim"]["epochs"] = 1
+    tiny_study.write_text(yaml.safe_dump(raw))
+    summary = train_zoo(str(tiny_study), "mnist", "lenet5", str(tmp_path / "zoo"))
 
     assert set(summary["models"]) == {"lenet5"}
     client = MlflowClient()
@@ -188,6 +194,12 @@ def test_zoo_flow_trains_registers_and_compares(
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     lenet = runs["lenet5"]
     assert lenet.info.status == "FINISHED"
+    # The search's trials, cross-validated; the final model trained with the best one's rate.
+    trials = {r.data.params["optim.lr"]: r for n, r in runs.items() if n.startswith("trial-")}
+    assert set(trials) == {"0.03", "0.001"}
+    assert all(r.data.metrics["cv_accuracy"] > 0 for r in trials.values())
+    best = max(trials, key=lambda lr: trials[lr].data.metrics["cv_accuracy"])
+    assert lenet.data.params["optim.lr"] == best
     assert {"accuracy", "precision", "recall", "f1", "parameters", "images_per_second"} <= set(
         lenet.data.metrics
     )

@@ -172,3 +172,28 @@ def test_load_arrays_takes_stratified_subsets(
         np.testing.assert_array_equal(arrays.train_images, splits["train"][0][keep])
     finally:
         load_arrays.cache_clear()  # the cache must not outlive the fake files
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after_first_epoch(stats: object) -> None:
+    raise _Killed
+
+
+@pytest.mark.parametrize(("other_data", "resumed_from"), [(False, 1), (True, 0)])
+def test_a_checkpoint_resumes_only_the_same_training_images(
+    tmp_path: Path, other_data: bool, resumed_from: int
+) -> None:
+    # Two folds of one recipe and seed have the same count of images: only their content differs.
+    images, labels = fake_digits(200, seed=0)
+    checkpoint = tmp_path / "fold.pt"
+    with pytest.raises(_Killed):
+        train_recipe(
+            RECIPE, images, labels, 0, CPU, checkpoint=checkpoint, on_epoch=_kill_after_first_epoch
+        )
+    if other_data:
+        images, labels = fake_digits(200, seed=1)
+    result = train_recipe(RECIPE, images, labels, 0, CPU, checkpoint=checkpoint)
+    assert result.resumed_from == resumed_from

@@ -40,7 +40,7 @@ def test_an_existing_cluster_runs_as_many_tasks_as_it_has_worker_threads() -> No
     from digits.edges.runner import task_slots
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
     ) as cluster:
         placement = plan_placement(ComputeConfig(dask_address=cluster.scheduler_address))
         with task_runner(ComputeConfig(), placement) as runner:
@@ -52,10 +52,43 @@ def test_an_existing_cluster_without_workers_is_a_clear_error() -> None:
 
     from digits.edges.runner import task_slots
 
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         placement = plan_placement(ComputeConfig(dask_address=cluster.scheduler_address))
         with (
             task_runner(ComputeConfig(), placement) as runner,
             pytest.raises(DigitsError, match="has no worker after 1 s"),
         ):
             task_slots(placement, runner, wait_s=1)
+
+
+def test_fewer_tasks_than_workers_get_the_idle_workers_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    compute = ComputeConfig(device="cpu", cpu_workers=4, threads_per_worker=1)
+    assert (
+        plan_placement(compute, max_tasks=1).workers,
+        plan_placement(compute, max_tasks=1).threads,
+    ) == (1, 4)
+    assert (
+        plan_placement(compute, max_tasks=3).workers,
+        plan_placement(compute, max_tasks=3).threads,
+    ) == (3, 1)
+    assert (plan_placement(compute).workers, plan_placement(compute).threads) == (4, 1)
+    runner = task_runner(compute, plan_placement(compute, max_tasks=1))
+    assert runner.cluster_kwargs["n_workers"] == 1
+    assert runner.cluster_kwargs["env"]["DIGITS_WORKER_THREADS"] == "4"
+
+
+def test_a_worker_takes_the_threads_its_placement_gave_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from digits.edges.runner import configure_worker_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DIGITS_WORKER_THREADS", "3")
+    try:
+        configure_worker_threads(ComputeConfig(threads_per_worker=1))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

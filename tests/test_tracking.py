@@ -48,15 +48,6 @@ def test_exception_inside_a_run_marks_it_failed() -> None:
     assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_failed_trial_is_recorded_with_its_reason() -> None:
-    run_id = tracking.record_failed_run(
-        "unit", "trial-nan", {"lr": 1e9}, "TrainingDiverged: nan", nested=False
-    )
-    run = MlflowClient().get_run(run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"] == "TrainingDiverged: nan"
-
-
 def test_register_tags_and_promotes_only_a_better_model() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     example = np.zeros((2, 4), dtype=np.float32)

@@ -22,6 +22,7 @@ from typing import Any
 from digits.config import ComputeConfig
 from digits.errors import DigitsError
 
+WORKER_THREADS_ENV = "DIGITS_WORKER_THREADS"
 PREFECT_DEFAULTS = {
     # Telemetry writes race the temporary server's SQLite into "database is locked".
     "DO_NOT_TRACK": "1",
@@ -42,13 +43,14 @@ class Placement:
     kind: str  # "address" | "cuda" | "cpu"
     workers: int
     address: str | None = None
+    threads: int = 1  # torch threads in each CPU worker
 
     def describe(self) -> str:
         if self.kind == "address":
             return f"existing Dask cluster at {self.address}"
         if self.kind == "cuda":
             return f"{self.workers} GPU worker(s), one per GPU (LocalCUDACluster)"
-        return f"{self.workers} CPU worker process(es) (LocalCluster)"
+        return f"{self.workers} CPU worker process(es) of {self.threads} thread(s) (LocalCluster)"
 
 
 def gpu_count() -> int:
@@ -58,8 +60,18 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan_placement(compute: ComputeConfig, gpus: int | None = None) -> Placement:
-    """Decide where tasks run, without starting anything."""
+def plan_placement(
+    compute: ComputeConfig, gpus: int | None = None, max_tasks: int | None = None
+) -> Placement:
+    """Decide where tasks run, without starting anything.
+
+    Args:
+        compute: Where to run (params.yaml's `compute`).
+        gpus: CUDA devices to plan for (default: those visible).
+        max_tasks: The most tasks the flow will run at once, when it knows: on the CPU, fewer
+            workers are started then, and the threads of the unused ones go to those that run
+            (one model on 2 workers of 1 thread each would leave a core idle).
+    """
     address = compute.scheduler_address()
     if address:
         return Placement(kind="address", workers=0, address=address)
@@ -70,7 +82,9 @@ def plan_placement(compute: ComputeConfig, gpus: int | None = None) -> Placement
         )
     if compute.device != "cpu" and gpus > 0:
         return Placement(kind="cuda", workers=gpus)
-    return Placement(kind="cpu", workers=compute.cpu_workers)
+    workers = min(compute.cpu_workers, max_tasks) if max_tasks else compute.cpu_workers
+    threads = max(compute.cpu_workers * compute.threads_per_worker // workers, 1)
+    return Placement(kind="cpu", workers=workers, threads=threads)
 
 
 def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> Any:
@@ -99,8 +113,11 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
-            # Each worker trains with `threads_per_worker` intra-op threads of its own.
-            "env": {"OMP_NUM_THREADS": str(compute.threads_per_worker)},
+            # Each worker trains with `placement.threads` intra-op threads of its own.
+            "env": {
+                "OMP_NUM_THREADS": str(placement.threads),
+                WORKER_THREADS_ENV: str(placement.threads),
+            },
         },
     )
 
@@ -130,12 +147,17 @@ def task_slots(placement: Placement, task_runner: Any = None, wait_s: float = 30
 
 
 def configure_worker_threads(compute: ComputeConfig) -> None:
-    """Limit torch's intra-op threads inside a CPU worker so workers do not oversubscribe cores."""
+    """Limit torch's intra-op threads inside a CPU worker so workers do not oversubscribe cores.
+
+    A worker of a local cluster uses the threads its placement gave it; elsewhere (an existing
+    cluster, or the flow's own process) `compute.threads_per_worker`.
+    """
     import torch
 
-    if torch.get_num_threads() != compute.threads_per_worker:
-        torch.set_num_threads(compute.threads_per_worker)
-    os.environ.setdefault("OMP_NUM_THREADS", str(compute.threads_per_worker))
+    threads = int(os.environ.get(WORKER_THREADS_ENV) or compute.threads_per_worker)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @contextmanager

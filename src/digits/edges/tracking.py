@@ -138,18 +138,6 @@ def log_text(text: str, filename: str) -> None:
     mlflow.log_text(text, filename)
 
 
-def record_failed_run(
-    experiment: str, run_name: str, params: Mapping[str, Any], reason: str, nested: bool = True
-) -> str:
-    """Record a trial that never produced a result as a FAILED run carrying its reason."""
-    with start_run(
-        experiment, run_name, params=params, tags={"failure_reason": reason[:5000]}, nested=nested
-    ) as run:
-        run_id = run.info.run_id
-    MlflowClient().set_terminated(run_id, status="FAILED")
-    return run_id
-
-
 def register_model(
     model: Any,
     name: str,
