@@ -297,6 +297,12 @@ def model_versions(name: str) -> list[VersionFacts]:
     """
     client = MlflowClient()
     found = client.search_model_versions(f"name = '{name}'")
+    if not found:
+        return []
+    # The search leaves aliases out (SQL store); the registered model has them all.
+    aliases: dict[str, list[str]] = {}
+    for alias, version_number in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version_number), []).append(alias)
     facts = []
     for version in sorted(found, key=lambda v: int(v.version)):
         metrics: Mapping[str, float] = {}
@@ -311,7 +317,7 @@ def model_versions(name: str) -> list[VersionFacts]:
                 run_id=version.run_id or "",
                 metrics=dict(metrics),
                 tags=dict(version.tags or {}),
-                aliases=tuple(version.aliases or ()),
+                aliases=tuple(aliases.get(str(version.version), ())),
             )
         )
     return facts
