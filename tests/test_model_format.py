@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +220,92 @@ def test_cli_predict_bad_model_is_one_line(
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "zero.png")
     code, _, err = _cli(capsys, "predict", "--model", reference, str(tmp_path / "zero.png"))
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+# ------------------------------------------------------------------------------ MLflow's own tools
+
+
+def _mlflow_env(uri: str) -> dict[str, str]:
+    """The environment for MLflow's CLI: this store, and this venv's tools (uvicorn) on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_http_requests_for_raw_images(
+    registered: tuple[torch.nn.Module, str], tmp_path: Path
+) -> None:
+    images = _mnist_like(4, seed=11)
+    expected = _probabilities(registered[0], images)
+    port = _free_port()
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_cli, "models", "serve", "-m", "models:/tiny@champion"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        command,
+        env=_mlflow_env(registered[1]),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its uvicorn worker is stopped with it
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the model server did not start in 120 s"
+            time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            predictions = json.loads(reply.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+    assert [row["digit"] for row in predictions] == expected.argmax(axis=1).tolist()
+    served = np.array([[row[f"p{k}"] for k in range(10)] for row in predictions])
+    np.testing.assert_allclose(served, expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_mlflow_models_predict_answers_for_a_batch(
+    registered: tuple[torch.nn.Module, str], tmp_path: Path
+) -> None:
+    images = _mnist_like(3, seed=12)
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": images.tolist()}))
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_cli, "models", "predict", "-m", "models:/tiny@champion"]
+    command += ["--env-manager", "local", "-t", "json"]
+    command += ["-i", str(tmp_path / "input.json"), "-o", str(tmp_path / "out.json")]
+    done = subprocess.run(
+        command,
+        env=_mlflow_env(registered[1]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert [row["digit"] for row in predictions] == (
+        _probabilities(registered[0], images).argmax(axis=1).tolist()
+    )
