@@ -345,6 +345,41 @@ def load_model(name: str, reference: str) -> Any:
     return mlflow.pyfunc.load_model(f"models:/{name}{reference}")
 
 
+def latest_run(experiment: str, tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """(run id, experiment id) of the newest FINISHED run of `experiment` carrying `tags`."""
+    found = mlflow.get_experiment_by_name(f"{_state.get('prefix', 'digits')}-{experiment}")
+    if found is None:
+        return None
+    conditions = ["attributes.status = 'FINISHED'"]
+    for key, value in tags.items():
+        quoted = str(value).replace("'", "")  # values are ids and profile names: no quotes
+        conditions.append(f"tags.`{key}` = '{quoted}'")
+    runs = MlflowClient().search_runs(
+        [found.experiment_id],
+        filter_string=" and ".join(conditions),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return (runs[0].info.run_id, runs[0].info.experiment_id) if runs else None
+
+
+def run_experiments(run_ids: Sequence[str]) -> dict[str, str]:
+    """Experiment id of each run in `run_ids` that is in the store (the others are left out)."""
+    client = MlflowClient()
+    out = {}
+    for run_id in run_ids:
+        try:
+            out[run_id] = client.get_run(run_id).info.experiment_id
+        except mlflow.exceptions.MlflowException:
+            continue
+    return out
+
+
+def parent_run_id(run_id: str) -> str | None:
+    """The parent of run `run_id` (a final fit's sweep), if it has one."""
+    return MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+
 def runs_of(experiment: str) -> list[Any]:
     """All runs of an experiment, newest first (for tests and reports)."""
     found = mlflow.get_experiment_by_name(f"{_state.get('prefix', 'digits')}-{experiment}")
