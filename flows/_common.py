@@ -45,7 +45,7 @@ from digits.data.arrays import (
     prepared_checksum,
     read_manifest,
 )
-from digits.edges import tracking
+from digits.edges import registry, tracking
 from digits.edges.runner import (
     ProgressFeed,
     configure_worker_threads,
@@ -86,6 +86,11 @@ class DataRef:
         """The first `n` test images, read from the memory-mapped split (not the whole set)."""
         images, _ = load_split(self.dataset, self.root, "test")
         return np.array(images[:n])
+
+    def test_set(self, checksum: str) -> str:
+        """Which test images a score is on: data set, prepared data, subset (and its seed)."""
+        subset = "all" if not self.test_subset else f"{self.test_subset}-seed{self.seed}"
+        return f"{self.dataset}:{checksum[:16]}:test-{subset}"
 
     def train_count(self) -> int:
         """Training images a task sees: the split (plus extra), cut to `train_subset`."""
@@ -449,15 +454,20 @@ class Engine:
     ) -> tuple[str, bool]:
         """Register the model of run `run_id` (raw uint8 pixels in); promote it when better.
 
+        The version is tagged with its profile and test set, so that promotion compares it only
+        with versions scored like it (`digits.edges.registry`).
+
         Returns:
             (version, whether it became the champion).
         """
         example = self.data.test_examples()
+        test_set = self.data.test_set(self.checksum)
         version = tracking.register_model_in_run(
-            run_id, result.model, name, example, tags={**self.tags, **tags}
+            run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
         )
-        promoted = tracking.promote_if_better(name, version)
-        return version, promoted
+        decision = registry.promote_if_better(name, version)
+        self.logger.info("%s v%s: %s", name, version, decision.reason)
+        return version, decision.promoted
 
     def close(self) -> None:
         self._record_epochs()

@@ -1,4 +1,4 @@
-"""MLflow edge: runs, failed runs, model registration with tags, champion promotion."""
+"""MLflow edge: runs, failed runs, model registration with tags (promotion: test_registry.py)."""
 
 import math
 from collections.abc import Iterator
@@ -7,12 +7,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from digits.config import TrackingConfig
 from digits.edges import tracking
-from digits.errors import DigitsError
+from digits.models import build_classifier
 
 
 @pytest.fixture(autouse=True)
@@ -48,53 +47,6 @@ def test_exception_inside_a_run_marks_it_failed() -> None:
     assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_register_tags_and_promotes_only_a_better_model() -> None:
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    example = np.zeros((2, 4), dtype=np.float32)
-    versions = {}
-    for name, accuracy in (("first", 0.8), ("worse", 0.7), ("better", 0.9)):
-        with tracking.start_run("unit", name):
-            tracking.log_metrics({"accuracy": accuracy})
-            version = tracking.register_model(
-                model, "unit-model", example, {"data_checksum": "abc"}
-            )
-            versions[name] = (version, tracking.promote_if_better("unit-model", version))
-    assert [promoted for _, promoted in versions.values()] == [True, False, True]
-    client = MlflowClient()
-    champion = client.get_model_version_by_alias("unit-model", tracking.CHAMPION_ALIAS)
-    assert str(champion.version) == versions["better"][0]
-    assert (
-        client.get_model_version("unit-model", versions["worse"][0]).tags["data_checksum"] == "abc"
-    )
-
-
-def test_promote_by_hand_and_unknown_version() -> None:
-    model = torch.nn.Linear(4, 3)
-    with tracking.start_run("unit", "manual"):
-        version = tracking.register_model(model, "manual-model", np.zeros((1, 4), np.float32), {})
-    tracking.promote("manual-model", version, "staging")
-    assert str(MlflowClient().get_model_version_by_alias("manual-model", "staging").version) == (
-        version
-    )
-    with pytest.raises(DigitsError, match="version '99' is not registered; known versions: 1"):
-        tracking.promote("manual-model", "99")
-
-
-def test_cli_promote_of_an_unknown_model_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from digits.edges.cli import main
-
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--params", str(params), "promote", "no-such-model", "1"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "digits: error: model 'no-such-model' version '1' is not registered; known versions: none"
-    ]
-
-
 def test_runs_side_by_side_are_addressed_by_id() -> None:
     parent = tracking.create_run("unit", "sweep", params={"strategy": "grid"})
     first = tracking.create_run("unit", "trial-000", {"width": 32}, {"fold": 0}, parent)
@@ -124,9 +76,10 @@ def test_runs_side_by_side_are_addressed_by_id() -> None:
 def test_register_model_in_run_logs_to_that_run_and_finishes_it() -> None:
     run_id = tracking.create_run("unit", "final")
     tracking.log_run_metrics(run_id, {"accuracy": 0.9})
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    model = build_classifier("mlp", {"width": 8}, (28, 28, 1), seed=0, train_images=images)
     version = tracking.register_model_in_run(
-        run_id, model, "in-run-model", np.zeros((2, 4), np.float32), {"profile": "quick"}
+        run_id, model, "in-run-model", images[:2], {"profile": "quick"}
     )
     assert version == "1"
     client = MlflowClient()

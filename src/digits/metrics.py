@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are only ever written to files
 
 import numpy as np
+import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
@@ -122,3 +123,22 @@ def confusion_matrix_figure(cm: np.ndarray, title: str) -> Figure:
     accuracy = np.trace(cm) / total if total else float("nan")
     ax.set_title(f"{title}\naccuracy {accuracy:.4f} ({total - np.trace(cm)} errors of {total})")
     return fig
+
+
+def confusion_records(cm: np.ndarray) -> pd.DataFrame:
+    """A confusion matrix as one row per test image: `actual`, `predicted` (DVC's confusion plot).
+
+    Args:
+        cm: (classes, classes) counts, row = true class, column = predicted.
+
+    Returns:
+        cm.sum() rows, sorted by actual then predicted class.
+    """
+    counts = np.asarray(cm, dtype=np.int64)
+    actual, predicted = np.indices(counts.shape)
+    return pd.DataFrame(
+        {
+            "actual": np.repeat(actual.ravel(), counts.ravel()),
+            "predicted": np.repeat(predicted.ravel(), counts.ravel()),
+        }
+    )

@@ -1,4 +1,4 @@
-"""Command line: `digits pull|prepare|validate DATASET`, `digits promote MODEL VERSION`.
+"""Command line: `digits pull|prepare|validate DATASET`, `digits promote`, `digits predict`.
 
 Thin: argv and paths in, one core call out.
 
@@ -60,12 +60,51 @@ COMMANDS: dict[str, Callable[[Params, str], None]] = {
 }
 
 
-def _promote(params: Params, model: str, version: str, alias: str) -> None:
-    from digits.edges import tracking
+def _promote(
+    params: Params,
+    model: str,
+    version: str | None,
+    alias: str,
+    best_by: str | None,
+    lower_is_better: bool,
+) -> None:
+    from digits.edges import registry, tracking
 
-    tracking.configure(params.tracking)
-    tracking.promote(model, version, alias)
-    print(f"{model}: alias {alias!r} now points at version {version}")
+    # Every name is checked before the store is opened: a typo is reported as a typo.
+    registry.check_model_name(model)
+    registry.check_alias(alias)
+    if (version is None) == (best_by is None):
+        raise DigitsError("give either a VERSION or --best-by METRIC, not both or neither")
+    if version is not None:
+        registry.check_version(version)
+    tracking.open_store(params.tracking)
+    if version is not None:
+        registry.set_alias(model, version, alias)
+        print(f"{model}: alias {alias!r} now points at version {int(version)}")
+        return
+    assert best_by is not None
+    decision = registry.promote_best(model, best_by, alias, lower_is_better=lower_is_better)
+    verb = "promoted" if decision.promoted else "unchanged"
+    print(f"{model}: {alias} {verb}: {decision.reason}")
+
+
+def _predict(params: Params, reference: str, paths: list[Path], invert: str) -> None:
+    from digits.edges import registry, tracking
+    from digits.images import image_files, read_images
+
+    name, ref = registry.parse_reference(reference)
+    files = [file for path in paths for file in image_files(path)]
+    tracking.open_store(params.tracking)
+    try:
+        model = tracking.load_model(name, ref)
+    except Exception as error:  # MLflow's errors for an unknown alias or version, a lost file
+        raise DigitsError(f"cannot load model {name}{ref}: {str(error).splitlines()[0]}") from None
+    spec, background = model.unwrap_python_model().spec, model.unwrap_python_model().background
+    images = read_images(files, spec.image_shape, background, invert)  # type: ignore[arg-type]
+    table = model.predict(images)
+    width = max(len(str(file)) for file in files)
+    for file, digit, probability in zip(files, table["digit"], table["probability"], strict=True):
+        print(f"{file!s:<{width}}  {int(digit)}  {float(probability):.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,10 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in helps.items():
         command = sub.add_parser(name, help=help_text)
         command.add_argument("dataset", choices=["mnist", "svhn"])
-    promote = sub.add_parser("promote", help="point a registry alias at a model version")
+    promote = sub.add_parser(
+        "promote",
+        help="point a registry alias at a version, or at the best version by a metric",
+        description="Set an alias on VERSION, or with --best-by move it to the best version by "
+        "that metric where it beats the alias's current version on the same test set and "
+        "profile (the reason and both figures are recorded as tags on the version).",
+    )
     promote.add_argument("model", help="registered model name, e.g. mnist-mlp")
-    promote.add_argument("version", help="version number in the registry")
-    promote.add_argument("--alias", default="champion")
+    promote.add_argument("version", nargs="?", help="version number in the registry")
+    promote.add_argument("--alias", default="champion", help="alias to set (default: champion)")
+    promote.add_argument("--best-by", metavar="METRIC", help="promote the best version by METRIC")
+    promote.add_argument(
+        "--lower-is-better", action="store_true", help="with --best-by: smaller METRIC wins"
+    )
+    predict = sub.add_parser(
+        "predict",
+        help="predict the digit in PNG/JPEG images with a registered model",
+        description="Print each image's predicted digit and its probability. Images of any size "
+        "and colour are converted to the model's input (grey or colour, its size, and inverted "
+        "when their background is the opposite of its training images').",
+    )
+    predict.add_argument(
+        "--model", required=True, help="name@alias or name/version, e.g. mnist-mlp@champion"
+    )
+    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument(
+        "--invert",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="invert the images' brightness (auto: when their background is the opposite)",
+    )
     return parser
 
 
@@ -91,7 +157,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "promote":
         run_or_exit(
-            lambda: _promote(load_params(args.params), args.model, args.version, args.alias)
+            lambda: _promote(
+                load_params(args.params),
+                args.model,
+                args.version,
+                args.alias,
+                args.best_by,
+                args.lower_is_better,
+            )
+        )
+        return
+    if args.command == "predict":
+        run_or_exit(
+            lambda: _predict(load_params(args.params), args.model, args.images, args.invert)
         )
         return
     run_or_exit(lambda: COMMANDS[args.command](load_params(args.params), args.dataset))

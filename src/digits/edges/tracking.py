@@ -16,10 +16,12 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -138,80 +140,232 @@ def log_text(text: str, filename: str) -> None:
     mlflow.log_text(text, filename)
 
 
+def _package_source(destination: Path) -> Path:
+    """A copy of the `digits` package (no caches) for the model's `code/` folder.
+
+    With it a registered model loads wherever torch, pydantic and safetensors are installed, with
+    the code it was trained with, the checkout not required.
+    """
+    import shutil
+
+    import digits
+
+    package = Path(digits.__file__).parent
+    target = destination / "digits"
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
 def register_model(
     model: Any,
     name: str,
     input_example: Any,
     tags: Mapping[str, Any],
 ) -> str:
-    """Log a torch model (signature inferred from `input_example`) to the active run; register it.
+    """Log a `PixelClassifier` to the active run as a pickle-free pyfunc model; register it.
+
+    The model is MLflow's "model from code" (`digits/edges/pyfunc_model.py`) with the weights as
+    safetensors and a JSON spec as its artifacts, the signature and input example from
+    `input_example` (raw uint8 pixels N×H×W×C).
 
     Returns:
         The new version number in the registry, as a string.
     """
+    import tempfile
+    import warnings
+
     import torch
+    import torchvision
     from mlflow.models import infer_signature
 
+    from digits.models.saved import classify, prediction_table, save_classifier
+
     model = model.cpu().eval()
-    with torch.inference_mode():
-        output = model(torch.as_tensor(input_example)).numpy()
-    signature = infer_signature(input_example, output)
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=input_example,
-        registered_model_name=name,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    examples = np.asarray(input_example)
+    digits_, probabilities = classify(model, examples)
+    with warnings.catch_warnings():  # "integer columns cannot hold missing values": none here
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(examples, prediction_table(digits_, probabilities))
+    with tempfile.TemporaryDirectory(prefix="digits-model-") as tmp:
+        weights, spec = save_classifier(model, Path(tmp) / "artifacts", examples=examples)
+        code = _package_source(Path(tmp) / "code")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"weights": str(weights), "spec": str(spec)},
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=examples,
+            registered_model_name=name,
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}",
+                "safetensors",
+                "pydantic>=2.7,<3",
+                "numpy",
+                "pandas",
+            ],
+        )
     version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value)[:5000])
+    set_version_tags(name, version, tags)
     return version
 
 
-def promote_if_better(name: str, version: str, metric: str = "accuracy") -> bool:
-    """Point the registry alias ``champion`` at `version` when its run's `metric` beats the current.
+# ------------------------------------------------------------------------------ the registry
+# Naming rules and the promotion policy are in `digits.edges.registry`; these are its MLflow calls.
+
+
+def open_store(cfg: TrackingConfig) -> str:
+    """Point MLflow at an existing store (for commands that read it); never create one.
 
     Returns:
-        True when the alias moved to `version`.
-    """
-    client = MlflowClient()
-    candidate = client.get_model_version(name, version)
-    if candidate.run_id is None:
-        return False
-    candidate_value = client.get_run(candidate.run_id).data.metrics.get(metric)
-    if candidate_value is None:
-        return False
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except mlflow.exceptions.MlflowException:
-        champion = None
-    if champion is not None and champion.run_id is not None:
-        champion_value = client.get_run(champion.run_id).data.metrics.get(metric)
-        if champion_value is not None and champion_value >= candidate_value:
-            return False
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    return True
-
-
-def promote(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
-    """Point a registry alias at a version by hand (``digits promote``).
+        The URI used.
 
     Raises:
-        DigitsError: the model or version is not in the registry.
+        DigitsError: no store there (run from another folder, or a mistyped URI).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+    scheme = uri.split(":", 1)[0] if "://" in uri else "file"
+    if scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise DigitsError(
+                f"no MLflow store at {path} ({source}={uri}, from {Path.cwd()}); run from the "
+                "project folder, or train a model first (make quick)"
+            )
+    elif scheme == "file":
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_dir():
+            raise DigitsError(f"no MLflow store at {path} ({source}={uri})")
+    elif scheme not in ("http", "https", "databricks", "postgresql", "mysql", "mssql"):
+        raise DigitsError(f"{source}={uri}: not an MLflow store URI (sqlite:///path/mlflow.db?)")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    _state["uri"] = uri
+    _state["prefix"] = cfg.experiment_prefix
+    _state["artifact_root"] = str(cfg.artifact_root)
+    try:
+        MlflowClient().search_registered_models(max_results=1)
+    except Exception as error:  # a server that does not answer, a file that is no store
+        raise DigitsError(f"cannot read the MLflow store {uri}: {_first_line(error)}") from None
+    return uri
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """One registered version as the promotion policy sees it.
+
+    Attributes:
+        version: Its number, as a string.
+        run_id: The run that logged it ("" when unknown).
+        metrics: The run's latest metrics.
+        tags: The version's tags (`profile`, `test_set`, …).
+        aliases: Aliases pointing at it.
+    """
+
+    version: str
+    run_id: str
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]
+
+
+def model_versions(name: str) -> list[VersionFacts]:
+    """Every version of registered model `name`, oldest first (empty when there is none).
+
+    `name` must already be checked by `digits.edges.registry.check_model_name` (the search filter
+    is written with it).
     """
     client = MlflowClient()
-    try:
-        client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:
-        known = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
-        raise DigitsError(
-            f"model {name!r} version {version!r} is not registered; known versions: "
-            f"{', '.join(sorted(known, key=int)) or 'none'}"
-        ) from None
-    client.set_registered_model_alias(name, alias, version)
+    found = client.search_model_versions(f"name = '{name}'")
+    if not found:
+        return []
+    # The search leaves aliases out (SQL store); the registered model has them all.
+    aliases: dict[str, list[str]] = {}
+    for alias, version_number in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version_number), []).append(alias)
+    facts = []
+    for version in sorted(found, key=lambda v: int(v.version)):
+        metrics: Mapping[str, float] = {}
+        if version.run_id:
+            try:
+                metrics = client.get_run(version.run_id).data.metrics
+            except mlflow.exceptions.MlflowException:  # run deleted: no figures to compare
+                metrics = {}
+        facts.append(
+            VersionFacts(
+                version=str(version.version),
+                run_id=version.run_id or "",
+                metrics=dict(metrics),
+                tags=dict(version.tags or {}),
+                aliases=tuple(aliases.get(str(version.version), ())),
+            )
+        )
+    return facts
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point alias `alias` of model `name` at `version` (checked by the registry module)."""
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a registered version (values cut to MLflow's 5000 characters)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:5000])
+
+
+def load_model(name: str, reference: str) -> Any:
+    """The pyfunc model `models:/<name>@<alias>` or `models:/<name>/<version>`.
+
+    Args:
+        name: Registered model name.
+        reference: "@alias" or "/version".
+    """
+    return mlflow.pyfunc.load_model(f"models:/{name}{reference}")
+
+
+def latest_run(experiment: str, tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """(run id, experiment id) of the newest FINISHED run of `experiment` carrying `tags`."""
+    found = mlflow.get_experiment_by_name(f"{_state.get('prefix', 'digits')}-{experiment}")
+    if found is None:
+        return None
+    conditions = ["attributes.status = 'FINISHED'"]
+    for key, value in tags.items():
+        quoted = str(value).replace("'", "")  # values are ids and profile names: no quotes
+        conditions.append(f"tags.`{key}` = '{quoted}'")
+    runs = MlflowClient().search_runs(
+        [found.experiment_id],
+        filter_string=" and ".join(conditions),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return (runs[0].info.run_id, runs[0].info.experiment_id) if runs else None
+
+
+def run_experiments(run_ids: Sequence[str]) -> dict[str, str]:
+    """Experiment id of each run in `run_ids` that is in the store (the others are left out)."""
+    client = MlflowClient()
+    out = {}
+    for run_id in run_ids:
+        try:
+            out[run_id] = client.get_run(run_id).info.experiment_id
+        except mlflow.exceptions.MlflowException:
+            continue
+    return out
+
+
+def parent_run_id(run_id: str) -> str | None:
+    """The parent of run `run_id` (a final fit's sweep), if it has one."""
+    return MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId")
 
 
 def runs_of(experiment: str) -> list[Any]:

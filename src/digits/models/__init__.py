@@ -207,7 +207,7 @@ def build_classifier(
         DigitsError: for an unknown model, bad arguments, an input below the model's minimum, or
             missing pretrained weights.
     """
-    from digits.models.pixels import PixelClassifier
+    from digits.models.pixels import ClassifierSpec, PixelClassifier
 
     entry = model_entry(name)
     parsed = parse_args(name, args)
@@ -222,7 +222,15 @@ def build_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = entry.build(parsed, channels, side, num_classes)
-    return PixelClassifier(network, channels=channels, side=side, mean=mean, std=std)
+    built = ClassifierSpec(
+        model=name,
+        args=parsed.model_dump(mode="json"),
+        image_shape=(int(image_shape[0]), int(image_shape[1]), int(image_shape[2])),
+        channels=channels,
+        side=side,
+        num_classes=num_classes,
+    )
+    return PixelClassifier(network, channels=channels, side=side, mean=mean, std=std, spec=built)
 
 
 def count_parameters(model: nn.Module) -> int:

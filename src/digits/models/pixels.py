@@ -8,7 +8,9 @@ normalisation. Its constants are buffers, so they travel with the weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,27 @@ def adapt_channels(x: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot turn {x.shape[1]} channels into {channels}")
 
 
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How a `PixelClassifier` was built: enough, with its weights, to build it again.
+
+    Attributes:
+        model: The registered architecture's name.
+        args: Its arguments, defaults filled in (JSON types only).
+        image_shape: (H, W, C) of the images it was trained on, which it takes as they are.
+        channels: Channels the bare network reads.
+        side: Side the bare network reads.
+        num_classes: Logits it returns.
+    """
+
+    model: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    channels: int = 1
+    side: int = 28
+    num_classes: int = 10
+
+
 class PixelClassifier(nn.Module):
     """(B, H, W, C) pixels on the 0-255 scale -> (B, num_classes) logits.
 
@@ -37,10 +60,13 @@ class PixelClassifier(nn.Module):
         network: The bare network, taking (B, channels, side, side) normalised floats.
         channels: Channels the network reads.
         side: Side the images are resized to (bilinear, antialiased) when they differ.
+        spec: How it was built (set by `digits.models.build_classifier`), which is what
+            `digits.models.saved` writes beside the weights.
     """
 
     mean: Tensor
     std: Tensor
+    spec: ClassifierSpec | None
 
     def __init__(
         self,
@@ -49,9 +75,11 @@ class PixelClassifier(nn.Module):
         side: int,
         mean: Sequence[float],
         std: Sequence[float],
+        spec: ClassifierSpec | None = None,
     ) -> None:
         super().__init__()
         self.network = network
+        self.spec = spec
         self.channels = channels
         self.side = side
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

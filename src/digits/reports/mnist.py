@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from digits.metrics import ClassificationMetrics, confusion_matrix_figure
+from digits.metrics import ClassificationMetrics, confusion_matrix_figure, confusion_records
 
 # Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
 ORIGINAL_TABLE1: dict[tuple[str, int], float] = {
@@ -130,7 +130,10 @@ def write_mnist_report(
     history: Sequence[Mapping[str, float]],
     summary: Mapping[str, Any],
 ) -> dict[str, Path]:
-    """Write tuning.csv, metrics.json, learning_curve.csv and figures/ under `out_dir`.
+    """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`.
+
+    `confusion.csv` holds the test confusion matrix as one (actual, predicted) row per image, the
+    form DVC's confusion template plots.
 
     Returns:
         The written paths by role.
@@ -141,12 +144,14 @@ def write_mnist_report(
         "tuning": out_dir / "tuning.csv",
         "metrics": out_dir / "metrics.json",
         "learning_curve": out_dir / "learning_curve.csv",
+        "confusion_data": out_dir / "confusion.csv",
         "comparison": figures / "cv_accuracy.png",
         "confusion": figures / "confusion_matrix.png",
         "curves": figures / "learning_curve.png",
     }
     table.to_csv(paths["tuning"], index=False, float_format="%.5g")
     pd.DataFrame(history).to_csv(paths["learning_curve"], index=False)
+    confusion_records(test_metrics.confusion).to_csv(paths["confusion_data"], index=False)
     metrics = {
         "best": dict(best),
         "test": {

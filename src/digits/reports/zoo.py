@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from digits.metrics import confusion_matrix_figure
+from digits.metrics import confusion_matrix_figure, confusion_records
 
 if TYPE_CHECKING:
     from digits.training.recipe import FinalResult
@@ -305,7 +305,7 @@ def _relative(value: float, reference: float) -> str:
     return f"{value - reference:+.4f}"
 
 
-def _findings(rows: Sequence[ZooRow], dataset: str) -> list[str]:
+def findings(rows: Sequence[ZooRow], dataset: str) -> list[str]:
     """Bullets and the closing sentence of "which model suits <dataset> and why"."""
     ranked = sorted(rows, key=lambda r: (-r.accuracy, -r.f1, r.parameters))
     best = ranked[0]
@@ -510,7 +510,7 @@ def zoo_markdown(
         "the test set after training on every training image. The gap is train minus test "
         "accuracy.",
         "",
-        *_findings(rows, dataset),
+        *findings(rows, dataset),
         "",
         *_results_table(rows),
         "",
@@ -560,6 +560,9 @@ def write_zoo_report(
     augmentation: str = OUR_AUGMENTATION,
 ) -> dict[str, Path]:
     """Write comparison.csv and zoo/{metrics.json, learning_curves.csv, REPORT.md, figures/}.
+
+    Also one file per model under zoo/curves/ (epoch, train_loss, train_accuracy) and
+    zoo/confusion/ (one actual, predicted row per test image), the data `dvc plots show` draws.
 
     Args:
         out_dir: The data set's report folder (`reports/<dataset>/` in the pipeline).
@@ -627,6 +630,17 @@ def write_zoo_report(
         columns=["model", "epoch", "train_loss", "train_accuracy"],
     )
     curves.to_csv(paths["learning_curves"], index=False)
+    for folder in ("curves", "confusion"):
+        (zoo / folder).mkdir(exist_ok=True)
+        for stale in (zoo / folder).glob("*.csv"):  # a model dropped from the zoo since
+            stale.unlink()
+    for row in rows:
+        stem = _file_stem(row.label)
+        per_model = curves[curves["model"] == row.label].drop(columns="model")
+        per_model.to_csv(zoo / "curves" / f"{stem}.csv", index=False)
+        confusion_records(confusions[row.label]).to_csv(
+            zoo / "confusion" / f"{stem}.csv", index=False
+        )
 
     seconds = [row.train_seconds for row in rows]
     rendered: list[tuple[str, Figure]] = [

@@ -1,0 +1,95 @@
+"""DVC stage `report`: reports/REPORT.md and REPORT.html, the study's four questions answered.
+
+Reads what the other stages wrote under `reports/` and finds, in the MLflow store, the run behind
+each result (read only: with no store the report says so, and none is created). It computes
+nothing and schedules nothing, so it is a plain script rather than a Prefect flow.
+
+    python -m flows.report [--params params.yaml] [--mlflow-ui http://127.0.0.1:5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from digits.config import Params, load_params
+from digits.edges import tracking
+from digits.edges.cli import run_or_exit
+from digits.errors import DigitsError
+from digits.reports.study import RunLink, StudyFiles, read_study, study_html, study_markdown
+
+REPORTS = Path("reports")
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, RunLink], str]:
+    """The MLflow run of each result, and one sentence on where they were looked up."""
+    try:
+        uri = tracking.open_store(params.tracking)
+    except DigitsError as error:
+        return {}, f"MLflow runs are not named: {error}."
+
+    def link(run_id: str, experiment_id: str) -> RunLink:
+        url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if ui else ""
+        return RunLink(run_id, url)
+
+    links: dict[str, RunLink] = {}
+    if files.theory is not None:
+        found = tracking.latest_run("theory", {"profile": params.profile})
+        if found:
+            links["theory"] = link(*found)
+    if files.mnist is not None:
+        tags = {"profile": params.profile, "stage": "final"}
+        if files.mnist.get("data_checksum"):
+            tags["data_checksum"] = str(files.mnist["data_checksum"])
+        found = tracking.latest_run("mnist", tags)
+        if found:
+            links["mnist_final"] = link(*found)
+            parent = tracking.parent_run_id(found[0])
+            if parent:
+                links["mnist_sweep"] = link(parent, found[1])
+    zoo_ids = [
+        str(run_id)
+        for table in files.zoo.values()
+        if table is not None and "run_id" in table
+        for run_id in table["run_id"].dropna()
+    ]
+    for run_id, experiment_id in tracking.run_experiments(zoo_ids).items():
+        links[run_id] = link(run_id, experiment_id)
+    return links, (
+        f"Runs were looked up in {uri}; a result whose run is not there came with the checkout "
+        "or from another store (`dvc repro` of its stage records one)."
+    )
+
+
+def write_report(
+    params: Params, reports: Path = REPORTS, ui: str = MLFLOW_UI
+) -> Mapping[str, Path]:
+    """Write REPORT.md and REPORT.html under `reports`; returns their paths."""
+    files = read_study(reports)
+    links, note = run_links(files, params, ui)
+    text = study_markdown(files, links, note, params.profile)
+    paths = {"markdown": reports / "REPORT.md", "html": reports / "REPORT.html"}
+    reports.mkdir(parents=True, exist_ok=True)
+    for key, content in (("markdown", text), ("html", study_html(text))):
+        partial = paths[key].with_suffix(paths[key].suffix + ".partial")
+        partial.write_text(content)
+        partial.replace(paths[key])
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--reports", type=Path, default=REPORTS)
+    parser.add_argument("--mlflow-ui", default=MLFLOW_UI, help="MLflow UI address for run links")
+    args = parser.parse_args()
+    paths = run_or_exit(
+        lambda: write_report(load_params(args.params), args.reports, args.mlflow_ui)
+    )
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The study report: the four questions from the stages' files, missing parts said, runs named."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from flows.report import write_report
+from tests.test_zoo_report import ROWS
+
+from digits.config import TrackingConfig, load_params
+from digits.edges import tracking
+from digits.metrics import confusion_records
+from digits.reports.study import read_study, study_markdown
+from digits.reports.zoo import ORIGINAL_TABLE2, write_zoo_report
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = ["theory", "mnist", "validation/mnist/summary.json"]
+
+
+@pytest.fixture
+def reports(tmp_path: Path) -> Path:
+    """A copy of the committed theory, MNIST and validation reports; no zoo has run."""
+    root = tmp_path / "reports"
+    for part in COMMITTED:
+        source, target = REPO / "reports" / part, root / part
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.parent.mkdir(parents=True)
+            shutil.copy(source, target)
+    return root
+
+
+def _synthetic_svhn_zoo(root: Path) -> None:
+    cms = {row.label: np.diag([3] * 10) for row in ROWS}
+    histories = {
+        row.label: [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}] for row in ROWS
+    }
+    write_zoo_report(root / "svhn", "svhn", ROWS, cms, histories, synthetic=True, profile="quick")
+
+
+def test_questions_answered_in_their_own_terms_and_missing_zoo_said(reports: Path) -> None:
+    text = study_markdown(read_study(reports), {}, "No store.", "full")
+    assert "**Answer: cross-entropy only** is convex" in text
+    assert (
+        "**Answer: (d), neither" in text
+        and "The original study answered MSE; that is wrong" in text
+    )
+    tuning = pd.read_csv(reports / "mnist" / "tuning.csv")
+    for _, cell in tuning.iterrows():  # every Table 1 cell beside the original's figure
+        ours = f"{cell['mean_cv_accuracy']:.4f} ± {cell['std_cv_accuracy']:.4f}"
+        original = f"{cell['original_cv_accuracy']:.4f}"
+        assert f"| {cell['activation']} | {cell['width']} | {original} | {ours} |" in text
+    assert "| original study | 0.9660 |" in text
+    assert "`reports/svhn/comparison.csv` is missing; run `dvc repro train_zoo@svhn`" in text
+    assert f"| original study | ResNet-101 | {ORIGINAL_TABLE2['accuracy']:.4f} |" in text
+    assert "| mnist | passed | no | 60000 | 10000 | 0 |" in text
+    assert "| svhn | not validated yet |" in text
+    assert "![Sign flip of a linear network (Q2)](theory/sign_flip.png)" in text
+
+
+def test_a_theory_stage_not_run_is_said_not_a_crash(tmp_path: Path) -> None:
+    text = study_markdown(read_study(tmp_path / "nothing"), {}, "No store.", "quick")
+    assert text.count("**Not available yet:**") == 5  # Q1, Q2, Q3 and both zoos
+    assert "`reports/theory/results.json` is missing; run `dvc repro theory`" in text
+
+
+def test_zoo_beside_the_original_table2_with_warning_for_synthetic_data(reports: Path) -> None:
+    _synthetic_svhn_zoo(reports)
+    text = study_markdown(read_study(reports), {}, "No store.", "quick")
+    assert "**Warning: generated SVHN-format images" in text
+    assert "| original study | ResNet-101 | 0.8392 | 0.8457 | 0.8196 | 0.8278 |" in text
+    assert "| this run | resnet101 | 0.9100 | 0.9000 | 0.8900 | 0.8950 | +0.0800 |" in text
+    assert "Best by test accuracy: resnet101" in text  # the zoo's own findings
+    assert "![Train vs test accuracy (SVHN)](svhn/zoo/figures/gap.png)" in text
+
+
+def test_report_names_each_result_with_its_mlflow_run(
+    reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _synthetic_svhn_zoo(reports)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    params = load_params(REPO / "params.yaml")
+    tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+    checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
+    theory = tracking.create_run("theory", "convexity", tags={"profile": params.profile})
+    sweep = tracking.create_run("mnist", "sweep", tags={"profile": params.profile})
+    final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
+    final = tracking.create_run("mnist", "final", tags=final_tags, parent_run_id=sweep)
+    other = tracking.create_run("mnist", "final", tags={**final_tags, "data_checksum": "x"})
+    zoo_run = tracking.create_run("zoo-svhn", "resnet101")
+    for run_id in (theory, sweep, final, other, zoo_run):
+        tracking.end_run(run_id)
+    table = pd.read_csv(reports / "svhn" / "comparison.csv")
+    table.loc[table["model"] == "resnet101", "run_id"] = zoo_run
+    table.to_csv(reports / "svhn" / "comparison.csv", index=False)
+
+    paths = write_report(params, reports, ui="http://127.0.0.1:5000")
+    text = paths["markdown"].read_text()
+    mnist_id = mlflow.get_experiment_by_name("digits-mnist").experiment_id
+    assert f"[`{final[:12]}`](http://127.0.0.1:5000/#/experiments/{mnist_id}/runs/{final})" in text
+    assert f"runs/{sweep})" in text and f"runs/{theory})" in text and f"runs/{zoo_run})" in text
+    assert other not in text  # another data set's final run is not this report's
+    html = paths["html"].read_text()
+    assert "<table>" in html and '<img alt="Random starts (Q1)" src="theory/restarts.png"' in html
+
+
+def test_without_a_store_the_report_says_so_and_creates_none(
+    reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    paths = write_report(load_params(REPO / "params.yaml"), reports)
+    assert (
+        f"MLflow runs are not named: no MLflow store at {missing}" in paths["markdown"].read_text()
+    )
+    assert not missing.parent.exists()
+
+
+def test_confusion_records_are_one_row_per_image() -> None:
+    cm = np.array([[3, 1], [0, 2]])
+    records = confusion_records(cm)
+    assert len(records) == 6
+    np.testing.assert_array_equal(pd.crosstab(records["actual"], records["predicted"]), cm)
+
+
+def test_zoo_writes_per_model_plot_data(tmp_path: Path) -> None:
+    _synthetic_svhn_zoo(tmp_path)
+    zoo = tmp_path / "svhn" / "zoo"
+    assert sorted(p.name for p in (zoo / "confusion").iterdir()) == [
+        f"{row.label}.csv" for row in sorted(ROWS, key=lambda r: r.label)
+    ]
+    assert len(pd.read_csv(zoo / "confusion" / "lenet5.csv")) == 30
+    assert list(pd.read_csv(zoo / "curves" / "vgg16.csv").columns) == [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+    ]
