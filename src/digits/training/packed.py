@@ -36,9 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from digits.config import Recipe
+from digits.errors import TrainingDiverged
 from digits.models import build_classifier
 from digits.models.pixels import PixelClassifier
 from digits.training.loop import EpochStats, autocast
+from digits.training.recipe import FoldResult
 
 PackState = Literal["complete", "stopped", "failed"]
 
@@ -586,3 +588,36 @@ def _epoch_end(
         except StopTrial:
             return "stopped"
     return "complete" if epoch == optim.epochs else None
+
+
+def evaluate_folds_packed(
+    fits: Sequence[PackedFit],
+    images: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    device: torch.device,
+    *,
+    pad_widths: bool | None = None,
+) -> list[FoldResult | TrainingDiverged | StopTrial]:
+    """`training.recipe.evaluate_fold` for every fit of a pack, trained together.
+
+    Returns:
+        Per fit, in order: its `FoldResult` (the last epoch's validation scores), or, not raised,
+        the `TrainingDiverged` it failed with or the `StopTrial` that stopped it.
+    """
+    out: list[FoldResult | TrainingDiverged | StopTrial] = []
+    for result in fit_packed(fits, images, labels, device, pad_widths=pad_widths):
+        if result.state == "failed":
+            out.append(TrainingDiverged(result.failure or "training diverged"))
+        elif result.state == "stopped":
+            out.append(StopTrial(f"stopped after epoch {len(result.history)}"))
+        else:
+            last = result.history[-1]
+            out.append(
+                FoldResult(
+                    val_accuracy=last["val_accuracy"],
+                    val_loss=last["val_loss"],
+                    history=result.history,
+                    train_seconds=result.train_seconds,
+                )
+            )
+    return out
