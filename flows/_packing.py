@@ -53,25 +53,16 @@ def trials_in_flight(placement: Placement, packing: bool) -> int:
 
 
 def split_packs(launches: list[Launch], workers: int) -> list[list[Launch]]:
-    """The queued fits as at most `workers` packs, one per worker, of similar cost.
+    """The queued fits as at most `workers` packs of equal size, one per worker.
 
     Fits are sorted by width before they are cut into consecutive runs, so a pack holds similar
-    widths (a GPU pads a pack's widths to its widest); runs are cut at equal summed width.
+    widths (a GPU pads a pack's widths to its widest). Sizes are equal rather than arithmetic:
+    a packed step on a GPU costs about the same for any of these widths.
     """
-    if not launches:
-        return []
     ordered = sorted(launches, key=lambda launch: int(launch[0].recipe.model.args.get("width", 0)))
-    costs = [max(int(t.recipe.model.args.get("width", 1)), 1) for t, _ in ordered]
     n = min(max(workers, 1), len(ordered))
-    share = sum(costs) / n
-    packs: list[list[Launch]] = [[]]
-    spent = 0.0
-    for launch, cost in zip(ordered, costs, strict=True):
-        if spent >= share * len(packs) and len(packs) < n:
-            packs.append([])
-        packs[-1].append(launch)
-        spent += cost
-    return packs
+    bounds = [round(i * len(ordered) / n) for i in range(n + 1)] if n else []
+    return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
