@@ -211,8 +211,12 @@ class _Stack:
                 table[i, :total] = optim.lr * (1 + np.cos(math.pi * s / total)) / 2
             else:
                 table[i, :total] = optim.lr
-        self.lr_table = table
-        self.weight_decay = np.array([m.fit.recipe.optim.weight_decay for m in members])
+        # On the device, in float64 like the loop's Python floats: no host copy per step (a copy
+        # to a GPU would wait for it), and (K,) float64 arithmetic costs nothing.
+        self.lr_table = torch.tensor(table, dtype=torch.float64, device=device)  # (K, steps)
+        decays = [m.fit.recipe.optim.weight_decay for m in members]
+        self.decays = any(decays)
+        self.weight_decay = torch.tensor(decays, dtype=torch.float64, device=device)  # (K,)
 
     def keep(self, kept: list[int]) -> None:
         """Keep only the members at `kept` (positions within this stack), dropping the rest."""
@@ -327,45 +331,47 @@ class _Stack:
 
     @torch.no_grad()
     def _update(self, grads: list[Tensor]) -> None:
-        """One optimiser step of every member: `torch.optim`'s update with per-trial rates."""
+        """One optimiser step of every member: `torch.optim`'s update with per-trial rates.
+
+        Element-wise the same operations as `torch.optim.Adam`/`AdamW`/`SGD` (single-tensor
+        form), over lists of stacked tensors (one `torch._foreach_*` launch per operation where
+        shapes allow), with each trial's rate broadcast along its slice.
+        """
         k = len(self.members)
         lr = self.lr_table[:, self.step]  # (K,) float64
         self.step += 1
         wd = self.weight_decay
 
-        def per_trial(values: np.ndarray) -> Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device).view(k, 1, 1)
+        def per_trial(values: Tensor) -> Tensor:
+            return values.to(torch.float32).view(k, 1, 1)
 
+        params = self.params
+        if self.decays and self.optimizer in ("adam", "sgd"):  # L2: the decay joins the gradient
+            grads = [g + per_trial(wd) * p for g, p in zip(grads, params, strict=True)]
         if self.optimizer == "sgd":
-            step = per_trial(-lr)
             if self.buffers is None:
-                self.buffers = [torch.zeros_like(p) for p in self.params]
-                first = True
+                self.buffers = [g.clone() for g in grads]
             else:
-                first = False
-            for p, g, buf in zip(self.params, grads, self.buffers, strict=True):
-                if wd.any():
-                    g = g + per_trial(wd) * p
-                if first:
-                    buf.copy_(g)
-                else:
-                    buf.mul_(self.momentum).add_(g)
-                p.addcmul_(buf, step)
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+            for p, buf in zip(params, self.buffers, strict=True):
+                p.addcmul_(buf, per_trial(-lr))
             return
+        if self.decays and self.optimizer == "adamw":  # decoupled: the weights decay themselves
+            for p in params:
+                p.mul_(per_trial(1 - lr * wd))
         bias1 = 1 - BETA1**self.step
         bias2_sqrt = (1 - BETA2**self.step) ** 0.5
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - BETA1)
+        torch._foreach_mul_(self.exp_avg_sq, BETA2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - BETA2)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, EPS)
+        ratio = torch._foreach_div(self.exp_avg, denom)
         step = per_trial(-lr / bias1)
-        decay = per_trial(1 - lr * wd) if self.optimizer == "adamw" and wd.any() else None
-        l2 = per_trial(wd) if self.optimizer == "adam" and wd.any() else None
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
-            if decay is not None:
-                p.mul_(decay)
-            if l2 is not None:
-                g = g + l2 * p
-            m.lerp_(g, 1 - BETA1)
-            v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-            denom = (v.sqrt() / bias2_sqrt).add_(EPS)
-            p.addcmul_(m / denom, step)
+        for p, r in zip(params, ratio, strict=True):
+            p.addcmul_(r, step)
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
