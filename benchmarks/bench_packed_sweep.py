@@ -132,10 +132,13 @@ def main() -> None:
     parser.add_argument(
         "--pad-widths", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA"
     )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain loop")
     parser.add_argument("--flow", action="store_true", help="also the flow, packing off and on")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     raw = yaml.safe_load(args.params.read_text())
     raw["compute"]["device"] = args.device
     optim = raw["mnist"]["recipe"]["optim"]

@@ -114,6 +114,15 @@ def test_every_optimiser_steps_as_torch_optim_does(change: dict[str, object]) ->
         assert_same_history(result.history, alone(fit.recipe, 0, seed=1))
 
 
+def test_padded_units_contribute_nothing_without_dropout_either() -> None:
+    # sigmoid(0) = 0.5: a padded unit is masked, or the next layer would learn from it
+    recipes = [trial(width=w, activation="sigmoid", dropout=0.0) for w in (16, 8)]
+    fits = [PackedFit(recipe, *FOLDS[1], seed=2) for recipe in recipes]
+    results = fit_packed(fits, IMAGES, LABELS, CPU, pad_widths=True)
+    for fit, result in zip(fits, results, strict=True):
+        assert_same_history(result.history, alone(fit.recipe, 1, seed=2))
+
+
 def diverging() -> Recipe:
     recipe = trial(width=16, optimizer="sgd", lr_schedule="constant")
     return recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": np.inf})})

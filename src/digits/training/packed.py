@@ -46,8 +46,9 @@ PackState = Literal["complete", "stopped", "failed"]
 
 # Adam's defaults, as `torch.optim.Adam` uses them (OptimConfig does not expose them).
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
-# Rows (trials x images) per evaluation pass: bounds the memory of a wide pack's validation.
-EVAL_ROWS = 65536
+# Rows (trials x images) per evaluation pass: bounds the memory of a wide pack's validation. On a
+# CPU, small enough that its temporaries are reused rather than page-faulted in afresh.
+EVAL_ROWS = {"cuda": 65536, "cpu": 4096}
 
 
 class StopTrial(Exception):
@@ -238,8 +239,10 @@ class _Stack:
 
     def forward(self, images: Tensor, masks: Sequence[Tensor | None] | None = None) -> Tensor:
         """(K, B, H, W, C) pixels -> (K, B, classes) logits; `masks[l]` scales hidden layer l."""
-        x = images.permute(0, 1, 4, 2, 3).to(torch.float32) / 255.0  # (K, B, C, H, W)
-        x = (x - self.mean) / self.std  # each trial's own normalisation, as PixelClassifier does
+        x = images.permute(0, 1, 4, 2, 3).to(torch.float32)  # (K, B, C, H, W)
+        # Each trial's own normalisation, the operations of PixelClassifier; in place, because
+        # on a CPU fresh (K, B, C, H, W) temporaries cost more in page faults than in arithmetic.
+        x = x.div_(255.0).sub_(self.mean).div_(self.std)
         h = x.flatten(start_dim=2)  # (K, B, C*H*W)
         for layer in range(self.depth):
             weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
@@ -387,7 +390,7 @@ class _Stack:
                 valid[i, : sizes[i]] = True
         chunk = min(
             min(m.fit.recipe.optim.eval_batch_size for m in self.members),
-            max(EVAL_ROWS // k, 1),
+            max(EVAL_ROWS.get(self.device.type, 4096) // k, 1),
         )
         loss_sum = torch.zeros(k, device=self.device)
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
