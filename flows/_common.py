@@ -56,7 +56,9 @@ from digits.edges.runner import (
 from digits.errors import DigitsError, TrainingDiverged
 from digits.sweep import SweepScheduler, Trial
 from digits.training.loop import EpochStats, select_device
+from digits.training.packed import can_pack
 from digits.training.recipe import FinalResult, FoldResult, evaluate_fold, fit_final
+from flows import _packing
 from flows._main import git_commit, retry_unless_diverged
 
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
@@ -293,9 +295,18 @@ class Engine:
             TrainingDiverged: when every trial failed (the first reason is given).
         """
         parent = tracking.active_run_id()
-        scheduler = SweepScheduler(search, base, folds, self.params.seed, slots=self.slots)
+        packing = _packing.packing_enabled(self.params.compute, self.placement)
+        scheduler = SweepScheduler(
+            search,
+            base,
+            folds,
+            self.params.seed,
+            slots=self.slots * _packing.OPTUNA_TRIALS_PER_PACK if packing else self.slots,
+            parallel_folds=packing,
+        )
         run_ids: dict[int, str] = {}
-        active: dict[Any, tuple[Trial, int]] = {}
+        active: dict[Any, list[tuple[Trial, int]]] = {}  # a task's future -> the fits it trains
+        queued: list[tuple[Trial, int]] = []  # fits waiting to be packed
         started = time.perf_counter()
         startup: float | None = None
         progress = tqdm(total=scheduler.total * folds, desc="cv folds", unit="fold")
@@ -309,6 +320,9 @@ class Engine:
                     tags={**self.tags, "trial": trial.number, "stage": "trial"},
                     parent_run_id=parent,
                 )
+            if packing and can_pack(trial.recipe):
+                queued.append((trial, fold))
+                return
             fold_task = train_fold.with_options(
                 task_run_name=f"{trial.name} fold {fold + 1}/{folds}", **self.retries
             )
@@ -319,15 +333,34 @@ class Engine:
                 folds,
                 self.params.seed,
                 self.params.compute,
-                Progress(
-                    self.feed.topic,
-                    run_ids[trial.number],
-                    f"fold{fold}/",
-                    f"{trial.name} fold {fold + 1}",
-                    trial.recipe.optim.epochs,
-                ),
+                fold_progress(trial, fold),
             )
-            active[future] = (trial, fold)
+            active[future] = [(trial, fold)]
+
+        def fold_progress(trial: Trial, fold: int) -> Progress:
+            return Progress(
+                self.feed.topic,
+                run_ids[trial.number],
+                f"fold{fold}/",
+                f"{trial.name} fold {fold + 1}",
+                trial.recipe.optim.epochs,
+            )
+
+        def submit_packs() -> None:
+            for pack in _packing.split_packs(queued, self.slots):
+                names = f"{pack[0][0].name} ... {pack[-1][0].name}"
+                pack_task = _packing.train_pack.with_options(
+                    task_run_name=f"pack of {len(pack)} fits ({names})", **self.retries
+                )
+                future = pack_task.submit(
+                    self.data,
+                    [(trial.recipe, fold, fold_progress(trial, fold)) for trial, fold in pack],
+                    folds,
+                    self.params.seed,
+                    self.params.compute,
+                )
+                active[future] = pack
+            queued.clear()
 
         def finish(trial: Trial) -> None:
             run_id = run_ids[trial.number]
@@ -353,25 +386,30 @@ class Engine:
 
         for trial, fold in scheduler.start():
             launch(trial, fold)
+        submit_packs()
         while active:
             for future in self._wait_any(list(active)):
-                trial, fold = active.pop(future)
-                try:
-                    result: FoldResult = future.result()
-                except Exception as error:  # a failed task ends its trial, never the sweep
-                    following = scheduler.fold_failed(
-                        trial, fold, f"{type(error).__name__}: {error}"
-                    )
-                    finish(trial)
-                else:
-                    progress.update(1)
-                    if startup is None:
-                        startup = time.perf_counter() - started - result.train_seconds
-                    following = scheduler.fold_done(trial, fold, result.val_accuracy, result)
-                    if trial.state != "running":
+                fits = active.pop(future)
+                for (trial, fold), result in zip(
+                    fits, _packing.fold_outcomes(future, len(fits)), strict=True
+                ):
+                    if trial.state != "running":  # a fold of a trial that already failed
+                        continue
+                    if isinstance(result, BaseException):  # ends its trial, never the sweep
+                        following = scheduler.fold_failed(
+                            trial, fold, f"{type(result).__name__}: {result}"
+                        )
                         finish(trial)
-                for next_trial, next_fold in following:
-                    launch(next_trial, next_fold)
+                    else:
+                        progress.update(1)
+                        if startup is None:
+                            startup = time.perf_counter() - started - result.train_seconds
+                        following = scheduler.fold_done(trial, fold, result.val_accuracy, result)
+                        if trial.state != "running":
+                            finish(trial)
+                    for next_trial, next_fold in following:
+                        launch(next_trial, next_fold)
+            submit_packs()
         progress.close()
         self._record_epochs()
 

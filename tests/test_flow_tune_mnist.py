@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,60 @@ def test_zoo_flow_searches_trains_registers_and_compares(
     assert version.tags["architecture"] == "lenet5"
     table = (tmp_path / "zoo" / "comparison.csv").read_text().splitlines()
     assert len(table) == 2 and table[1].startswith("lenet5")
+
+
+@pytest.mark.slow
+def test_packed_sweep_records_every_trial_as_its_own_run_and_fails_one_alone(
+    tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows._packing as packing
+    import flows.tune_mnist as module
+    from prefect.client.orchestration import get_client
+
+    raw = yaml.safe_load(tiny_study.read_text())
+    raw["compute"]["packing"] = "on"
+    tiny_study.write_text(yaml.safe_dump(raw))
+    real = packing.evaluate_folds_packed
+    packs: list[list[str]] = []
+
+    def evaluate_folds_packed(fits, *args, **kwargs):  # type: ignore[no-untyped-def]
+        changed = []
+        for fit in fits:
+            args_ = fit.recipe.model.args
+            if (args_["activation"], args_["width"]) == ("tanh", 16):
+                optim = fit.recipe.optim.model_copy(
+                    update={"optimizer": "sgd", "lr": float("inf")}
+                )  # diverges for real, inside its pack
+                fit = replace(fit, recipe=fit.recipe.model_copy(update={"optim": optim}))
+            changed.append(fit)
+        packs.append(
+            [f"{f.recipe.model.args['activation']}-{f.recipe.model.args['width']}" for f in fits]
+        )
+        return real(changed, *args, **kwargs)
+
+    monkeypatch.setattr(packing, "evaluate_folds_packed", evaluate_folds_packed)
+    summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))  # thread-pool runner
+
+    # 4 trials x 2 folds went out as one pack per worker (2), every fold at once
+    assert sorted(len(p) for p in packs) == [4, 4]
+    assert sorted(name for pack in packs for name in pack) == sorted(
+        f"{a}-{w}" for a in ("relu", "tanh") for w in (8, 16) for _ in range(2)
+    )
+    runs = {r.info.run_name: r for r in _runs(tmp_path)}
+    trials = {n: r for n, r in runs.items() if n.startswith("trial-")}
+    assert len(trials) == 4
+    client = MlflowClient()
+    for name, run in trials.items():
+        if "activation=tanh width=16" in name:
+            assert run.info.status == "FAILED"
+            assert "TrainingDiverged" in run.data.tags["failure_reason"]
+            continue
+        assert run.info.status == "FINISHED"
+        assert {"fold0/accuracy", "fold1/accuracy", "cv_accuracy"} <= set(run.data.metrics)
+        curve = client.get_metric_history(run.info.run_id, "fold1/val_accuracy")
+        assert [m.step for m in curve] == [1, 2]  # its own curve, epoch by epoch
+    assert summary["failed_trials"] == 1
+    assert (tmp_path / "report" / "tuning.csv").read_text().count("\n") == 4  # header + 3 lines
+    with get_client(sync_client=True) as prefect:
+        names = [t.name for t in prefect.read_task_runs()]
+    assert sum(name.startswith("pack of 4 fits") for name in names) == 2

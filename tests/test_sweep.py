@@ -242,3 +242,35 @@ def test_optuna_failed_fold_is_told_as_failed_and_the_next_trial_starts() -> Non
     assert scheduler.study is not None
     assert scheduler.study.trials[1].state == optuna.trial.TrialState.FAIL
     assert [t.number for t, f in launched if f == 0] == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------ parallel folds (packing)
+
+
+def test_parallel_folds_launch_every_fold_at_once_and_complete_on_the_last() -> None:
+    scheduler = SweepScheduler(GRID, BASE, FOLDS, seed=0, parallel_folds=True)
+    launched = scheduler.start()
+    assert len(launched) == 4 * FOLDS  # every fold of every trial, nothing sequential
+    assert {fold for _, fold in launched} == set(range(FOLDS))
+    trial = launched[0][0]
+    assert scheduler.fold_done(trial, 2, 0.9) == []  # out of order: nothing more to launch
+    assert scheduler.fold_done(trial, 0, 0.8) == []
+    assert trial.state == "running"
+    scheduler.fold_done(trial, 1, 0.7)
+    assert trial.state == "complete"
+    assert trial.mean_score() == pytest.approx(0.8)
+
+
+def test_parallel_folds_ignore_the_folds_of_a_trial_that_failed() -> None:
+    scheduler = SweepScheduler(GRID, BASE, FOLDS, seed=0, parallel_folds=True)
+    trial = scheduler.start()[0][0]
+    scheduler.fold_failed(trial, 1, "diverged")
+    assert scheduler.fold_done(trial, 0, 0.9) == []
+    assert scheduler.fold_failed(trial, 2, "later") == []
+    assert trial.state == "failed" and trial.failure == "diverged"
+    assert trial.scores == {}
+
+
+def test_optuna_keeps_its_folds_in_order_when_asked_for_parallel_folds() -> None:
+    scheduler = SweepScheduler(optuna_search(2), BASE, FOLDS, seed=0, slots=2, parallel_folds=True)
+    assert [fold for _, fold in scheduler.start()] == [0, 0]  # its pruner needs them one by one

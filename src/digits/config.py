@@ -83,6 +83,13 @@ class ComputeConfig(_Strict):
     )
     task_retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Train the MLP fits of a sweep that share a device as one fused program "
+        "(`digits.training.packed`): auto packs on GPUs (where a lone small fit is bound by "
+        "kernel launches) and not on CPUs (where it is bound by arithmetic, and packing is no "
+        "faster).",
+    )
     checkpoint_dir: Path = Field(
         Path(".checkpoints"),
         description="Per-epoch training state of running tasks; a retried task resumes from it.",

@@ -76,6 +76,9 @@ class SweepScheduler:
         slots: Trials in flight at once for optuna (the cluster's worker count, at least 1).
         study: An Optuna study to continue (a persistent one resumes a sweep); a new in-memory
             one by default.
+        parallel_folds: Launch every fold of a trial at once (grid and random only: there is
+            no pruner to stop a trial between folds), so a packed sweep trains every fit of the
+            grid in one pack.
     """
 
     def __init__(
@@ -86,10 +89,12 @@ class SweepScheduler:
         seed: int,
         slots: int = 1,
         study: optuna.Study | None = None,
+        parallel_folds: bool = False,
     ) -> None:
         self.search, self.base, self.folds = search, base, folds
         self.slots = max(slots, 1)
         self.study = (study or make_study(seed)) if search.strategy == "optuna" else None
+        self.parallel_folds = parallel_folds and self.study is None
         self._queue = [
             Trial(number, values, apply(base, values))
             for number, values in enumerate(planned_values(search, seed))
@@ -105,7 +110,8 @@ class SweepScheduler:
         for _ in range(width):
             trial = self._next_trial()
             if trial is not None:
-                launches.append((trial, 0))
+                folds = range(self.folds) if self.parallel_folds else range(1)
+                launches += [(trial, fold) for fold in folds]
         return launches
 
     def _next_trial(self) -> Trial | None:
@@ -137,20 +143,25 @@ class SweepScheduler:
 
         The running mean is reported to Optuna after each fold; its median pruner stops a trial
         whose best reported value so far is below the median of earlier trials at that fold
-        (optuna only).
+        (optuna only). A fold of a trial that has already failed is ignored (with parallel folds
+        its other folds may still be running).
         """
+        if trial.state != "running":
+            return []
         trial.scores[fold] = score
         trial.outcomes[fold] = outcome
         if trial.optuna_trial is not None:
             trial.optuna_trial.report(trial.mean_score(), step=fold)
             if fold + 1 < self.folds and trial.optuna_trial.should_prune():
                 return self._finish(trial, "pruned")
-        if fold + 1 < self.folds:
-            return [(trial, fold + 1)]
+        if len(trial.scores) < self.folds:
+            return [] if self.parallel_folds else [(trial, fold + 1)]
         return self._finish(trial, "complete")
 
     def fold_failed(self, trial: Trial, fold: int, reason: str) -> list[Launch]:
-        """Record a failed fold: the trial fails (the sweep goes on)."""
+        """Record a failed fold: the trial fails (the sweep goes on); later ones are ignored."""
+        if trial.state != "running":
+            return []
         trial.failure = reason
         return self._finish(trial, "failed")
 

@@ -1,0 +1,98 @@
+"""Packing for the sweep engine: the fits that land on one device go there as one task.
+
+`Engine.sweep` asks `packing_enabled` once; when it is on, the fits the scheduler hands out are
+queued instead of submitted one by one, and `split_packs` cuts the queue into one pack per worker
+(one per GPU with several GPUs). Each pack is one `train_pack` task that trains its fits together
+as one fused program (`digits.training.packed`) and returns one outcome per fit, so every fit is
+recorded, scored and, with Optuna, pruned on its own as before. Recipes the packed trainer does not
+take (not an MLP, augmented) are submitted one by one as today.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from digits.edges.runner import set_prefect_defaults
+
+set_prefect_defaults()  # before prefect is imported
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from digits.config import ComputeConfig, Recipe
+from digits.crossval import stratified_folds
+from digits.edges.runner import Placement, configure_worker_threads
+from digits.errors import TrainingDiverged
+from digits.sweep import Launch
+from digits.training.loop import select_device
+from digits.training.packed import PackedFit, StopTrial, evaluate_folds_packed
+from digits.training.recipe import FoldResult
+
+if TYPE_CHECKING:
+    from flows._common import DataRef, Progress
+
+# Optuna trials kept in flight per worker while packing: enough fits for a pack to pay, few
+# enough that TPE still learns from finished trials over a 30-trial search.
+OPTUNA_TRIALS_PER_PACK = 8
+
+PackedFold = FoldResult | TrainingDiverged | StopTrial
+
+
+def packing_enabled(compute: ComputeConfig, placement: Placement) -> bool:
+    """`compute.packing`: on, off, or (auto) on when the sweep's tasks run on GPUs."""
+    if compute.packing != "auto":
+        return compute.packing == "on"
+    return placement.kind == "cuda"
+
+
+def trials_in_flight(placement: Placement, packing: bool) -> int:
+    """Trials the scheduler keeps running at once for Optuna (grid and random launch all)."""
+    workers = max(placement.workers, 1)
+    return workers * OPTUNA_TRIALS_PER_PACK if packing else workers
+
+
+def split_packs(launches: list[Launch], workers: int) -> list[list[Launch]]:
+    """The queued fits as at most `workers` packs of equal size, one per worker.
+
+    Fits are sorted by width before they are cut into consecutive runs, so a pack holds similar
+    widths (a GPU pads a pack's widths to its widest). Sizes are equal rather than arithmetic:
+    a packed step on a GPU costs about the same for any of these widths.
+    """
+    ordered = sorted(launches, key=lambda launch: int(launch[0].recipe.model.args.get("width", 0)))
+    n = min(max(workers, 1), len(ordered))
+    bounds = [round(i * len(ordered) / n) for i in range(n + 1)] if n else []
+    return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def train_pack(
+    data: DataRef,
+    fits: list[tuple[Recipe, int, Progress]],
+    folds: int,
+    seed: int,
+    compute: ComputeConfig,
+) -> list[PackedFold]:
+    """Train every (recipe, fold) of the pack together; one outcome per fit, in order.
+
+    A fit that diverges comes back as its `TrainingDiverged` (not raised): the others go on.
+    """
+    configure_worker_threads(compute)
+    arrays = data.load()
+    splits = stratified_folds(arrays.train_labels, folds, seed)
+    pack = [
+        PackedFit(recipe, *splits[fold], seed=seed, on_epoch=progress.callback())
+        for recipe, fold, progress in fits
+    ]
+    return evaluate_folds_packed(
+        pack, arrays.train_images, arrays.train_labels, select_device(compute.device)
+    )
+
+
+def fold_outcomes(future: Future[Any] | Any, fits: int) -> list[Any]:
+    """Per fit of a finished task: its result or its exception (the task's own for all of them)."""
+    try:
+        result = future.result()
+    except Exception as error:  # the task failed as a whole (after its retries)
+        return [error] * fits
+    return list(result) if isinstance(result, list) else [result]
