@@ -30,6 +30,7 @@ set_prefect_defaults()  # before prefect is imported
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import wait
@@ -50,6 +51,7 @@ from digits.edges.runner import (
     ProgressFeed,
     configure_worker_threads,
     plan_placement,
+    prefect_ui_url,
     publish_progress,
 )
 from digits.errors import DigitsError, TrainingDiverged
@@ -215,6 +217,70 @@ def recipe_params(recipe: Recipe) -> dict[str, Any]:
     return flat
 
 
+def flow_run_tags() -> dict[str, str]:
+    """The current Prefect flow run's id and UI page, as MLflow tags (the page only on a server
+    that outlives the run, such as `make prefect-ui`'s)."""
+    context = FlowRunContext.get()
+    flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
+    tags = {tracking.PREFECT_FLOW_RUN_TAG: flow_run_id}
+    url = prefect_ui_url(flow_run_id)
+    if url:
+        tags["prefect_flow_run_url"] = url
+    return tags
+
+
+def _metric_cells(record: tracking.RunRecord) -> str:
+    return " | ".join(
+        f"{record.metrics[key]:.4f}" if key in record.metrics else ""
+        for key in tracking.LISTED_METRICS
+    )
+
+
+def link_mlflow_records(title: str) -> str | None:
+    """Give the current flow run a markdown artifact linking to its MLflow runs and versions.
+
+    Lists every run and registered model version tagged with this flow run's id, each a link to
+    its MLflow UI page, with its scores. Returns the artifact's id (None outside a flow run).
+    """
+    flow_run_id = flow_run_tags()[tracking.PREFECT_FLOW_RUN_TAG]
+    if not flow_run_id:
+        return None
+    runs, versions = tracking.records_of_flow_run(flow_run_id)
+    header = " | ".join(tracking.LISTED_METRICS)
+    rule = " | ".join("---" for _ in tracking.LISTED_METRICS)
+    lines = [
+        f"# {title}: MLflow",
+        "",
+        f"In the MLflow UI at {tracking.ui_url()} (`make ui`).",
+        "",
+        "## Runs",
+        "",
+        f"| run | status | {header} |",
+        f"| --- | --- | {rule} |",
+        *(f"| [{r.label}]({r.url}) | {r.status} | {_metric_cells(r)} |" for r in runs),
+        "",
+        "## Registered model versions",
+        "",
+    ]
+    if versions:
+        lines += [
+            f"| model version | aliases | {header} |",
+            f"| --- | --- | {rule} |",
+            *(
+                f"| [{v.label}]({v.url}) | {', '.join(v.aliases)} | {_metric_cells(v)} |"
+                for v in versions
+            ),
+        ]
+    else:
+        lines.append("None.")
+    artifact_id = create_markdown_artifact(
+        markdown="\n".join(lines),
+        key="mlflow-links",
+        description=f"{title}: its MLflow runs and registered model versions",
+    )
+    return str(artifact_id)
+
+
 @dataclass
 class SweepOutcome:
     """What a sweep did: every trial, the best, and its timings."""
@@ -243,8 +309,9 @@ class Engine:
         tracking.configure(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
         context = FlowRunContext.get()
-        self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
         runner = context.task_runner if context else None
+        flow_tags = flow_run_tags()
+        self.flow_run_id = flow_tags[tracking.PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
         self.retries = {
             "retries": params.compute.task_retries,
@@ -257,7 +324,7 @@ class Engine:
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
             "placement": self.placement.describe(),
-            "prefect_flow_run_id": self.flow_run_id,
+            **flow_tags,
         }
         self.logger.info("placement: %s", self.placement.describe())
 
@@ -471,8 +538,10 @@ class Engine:
         return version, promoted
 
     def close(self) -> None:
+        """Record the last epochs; list the flow run's MLflow runs in a Prefect artifact."""
         self._record_epochs()
         self.feed.close()
+        link_mlflow_records(f"{self.experiment} ({self.params.profile})")
 
 
 def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
@@ -503,4 +572,13 @@ def main(flow: Callable[..., Any], description: str, **extra: Any) -> None:
     run_or_exit(run)
 
 
-__all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "main", "recipe_params"]
+__all__ = [
+    "DataRef",
+    "DigitsError",
+    "Engine",
+    "SweepOutcome",
+    "flow_run_tags",
+    "link_mlflow_records",
+    "main",
+    "recipe_params",
+]
