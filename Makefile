@@ -49,11 +49,23 @@ bench: setup  ## orchestration cost alone, then the sweep: flow against a plain 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)
 
-ui: setup  ## MLflow UI on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1
+# The two UIs, on the loopback by default. `make ui MLFLOW_PORT=5001`; the Prefect port is Prefect's
+# own setting, which the flows read too: `PREFECT_SERVER_API_PORT=4201 make prefect-ui study`.
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+PREFECT_SERVER_API_HOST ?= 127.0.0.1
+PREFECT_SERVER_API_PORT ?= 4200
+export PREFECT_SERVER_API_HOST PREFECT_SERVER_API_PORT
+# The project's own Prefect home: settings and the server's database (.prefect/prefect.db).
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200; flows report to it when PREFECT_API_URL is set
-	$(BIN)/prefect server start --host 127.0.0.1
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 (the project's store; GenAI jobs off)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
+	  --backend-store-uri sqlite:///mlruns/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
+
+prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:4200 (.prefect/); flows report to it
+	env -u PREFECT_API_URL $(BIN)/prefect server start \
+	  --host $(PREFECT_SERVER_API_HOST) --port $(PREFECT_SERVER_API_PORT)
 
 clean:
 	rm -rf data reports/validation reports/theory reports/mnist

@@ -59,7 +59,7 @@ from digits.training.loop import EpochStats, select_device
 from digits.training.packed import can_pack
 from digits.training.recipe import FinalResult, FoldResult, evaluate_fold, fit_final
 from flows import _packing
-from flows._main import git_commit, retry_unless_diverged
+from flows._main import flow_run_tags, git_commit, link_mlflow_records, retry_unless_diverged
 
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
 
@@ -239,8 +239,9 @@ class Engine:
         tracking.configure(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
         context = FlowRunContext.get()
-        self.flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
         runner = context.task_runner if context else None
+        flow_tags = flow_run_tags()
+        self.flow_run_id = flow_tags[tracking.PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
         self.slots = task_slots(self.placement, runner)
         self.retries = {
@@ -254,7 +255,7 @@ class Engine:
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
             "placement": self.placement.describe(),
-            "prefect_flow_run_id": self.flow_run_id,
+            **flow_tags,
         }
         self.logger.info("placement: %s; %d task(s) at once", self.placement.describe(), self.slots)
 
@@ -508,8 +509,10 @@ class Engine:
         return version, decision.promoted
 
     def close(self) -> None:
+        """Record the last epochs; list the flow run's MLflow runs in a Prefect artifact."""
         self._record_epochs()
         self.feed.close()
+        link_mlflow_records(f"{self.experiment} ({self.params.profile})")
 
 
 __all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "recipe_params"]

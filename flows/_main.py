@@ -1,4 +1,4 @@
-"""What every flow shares without the sweep engine: `main`, provenance and the retry rule.
+"""What every flow shares without the sweep engine: `main`, provenance, links, the retry rule.
 
 Kept apart from `flows._common` so a flow that runs no sweep (theory) does not depend on the engine,
 and its DVC stage is not re-run when the engine changes.
@@ -33,6 +33,81 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
+
+
+def flow_run_tags() -> dict[str, str]:
+    """The current Prefect flow run's id and UI page, as MLflow tags (the page only on a server
+    that outlives the run, such as `make prefect-ui`'s)."""
+    from prefect.context import FlowRunContext
+
+    from digits.edges import tracking
+    from digits.edges.runner import prefect_ui_url
+
+    context = FlowRunContext.get()
+    flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
+    tags = {tracking.PREFECT_FLOW_RUN_TAG: flow_run_id}
+    url = prefect_ui_url(flow_run_id)
+    if url:
+        tags["prefect_flow_run_url"] = url
+    return tags
+
+
+def _metric_cells(record: Any) -> str:
+    from digits.edges import tracking
+
+    return " | ".join(
+        f"{record.metrics[key]:.4f}" if key in record.metrics else ""
+        for key in tracking.LISTED_METRICS
+    )
+
+
+def link_mlflow_records(title: str) -> str | None:
+    """Give the current flow run a markdown artifact linking to its MLflow runs and versions.
+
+    Lists every run and registered model version tagged with this flow run's id, each a link to
+    its MLflow UI page, with its scores. Returns the artifact's id (None outside a flow run).
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    from digits.edges import tracking
+
+    flow_run_id = flow_run_tags()[tracking.PREFECT_FLOW_RUN_TAG]
+    if not flow_run_id:
+        return None
+    runs, versions = tracking.records_of_flow_run(flow_run_id)
+    header = " | ".join(tracking.LISTED_METRICS)
+    rule = " | ".join("---" for _ in tracking.LISTED_METRICS)
+    lines = [
+        f"# {title}: MLflow",
+        "",
+        f"In the MLflow UI at {tracking.ui_url()} (`make ui`).",
+        "",
+        "## Runs",
+        "",
+        f"| run | status | {header} |",
+        f"| --- | --- | {rule} |",
+        *(f"| [{r.label}]({r.url}) | {r.status} | {_metric_cells(r)} |" for r in runs),
+        "",
+        "## Registered model versions",
+        "",
+    ]
+    if versions:
+        lines += [
+            f"| model version | aliases | {header} |",
+            f"| --- | --- | {rule} |",
+            *(
+                f"| [{v.label}]({v.url}) | {', '.join(v.aliases)} | {_metric_cells(v)} |"
+                for v in versions
+            ),
+        ]
+    else:
+        lines.append("None.")
+    artifact_id = create_markdown_artifact(
+        markdown="\n".join(lines),
+        key="mlflow-links",
+        description=f"{title}: its MLflow runs and registered model versions",
+    )
+    return str(artifact_id)
 
 
 def main(

@@ -25,7 +25,13 @@ from digits.config import TheoryConfig, load_params
 from digits.edges import tracking
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
-from flows._main import git_commit, main, retry_unless_diverged
+from flows._main import (
+    flow_run_tags,
+    git_commit,
+    link_mlflow_records,
+    main,
+    retry_unless_diverged,
+)
 
 REPORT_DIR = Path("reports/theory")
 EXPERIMENT = "theory"
@@ -56,6 +62,7 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
         "profile": params.profile,
         "data_checksum": prepared_checksum("mnist", params.data.root),
         "git_commit": git_commit(),
+        **flow_run_tags(),
     }
     run_params: dict[str, Any] = {"seed": params.seed, **params.theory.model_dump()}
     with tracking.start_run(
@@ -67,6 +74,7 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
         paths = write_report(results, Path(report_dir))
         tracking.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
         tracking.log_artifacts(Path(report_dir))
+    link_mlflow_records(f"theory ({params.profile})")
     verdicts = results_summary(results)["verdicts"]
     for question, verdict in verdicts.items():
         logger.info("%s: %s is convex in the weights", question, verdict["answer"])

@@ -60,6 +60,24 @@ def _runs(tmp_path: Path) -> list[Any]:
     return client.search_runs([experiment.experiment_id])
 
 
+def _flow_run_artifact(flow_run_id: str, key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    return str(artifact.data)
+
+
 @pytest.mark.slow
 def test_sweep_on_dask_workers_records_every_trial_and_registers(
     tiny_study: Path, tmp_path: Path, prefect_api: None
@@ -95,6 +113,13 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     )
     assert (tmp_path / "report" / "tuning.csv").read_text().count("\n") == 5
     assert tracking.CHAMPION_ALIAS in MlflowClient().get_registered_model("tiny-mlp").aliases
+    # Links both ways: every run and the version carry the flow run's id, and the flow run has
+    # an artifact linking to each of them in the MLflow UI.
+    flow_run_id = version.tags["prefect_flow_run_id"]
+    assert {run.data.tags["prefect_flow_run_id"] for run in runs} == {flow_run_id}
+    links = _flow_run_artifact(flow_run_id, "mlflow-links")
+    assert all(f"/runs/{run.info.run_id})" in links for run in runs)
+    assert f"/#/models/tiny-mlp/versions/{version.version}) | champion |" in links
 
 
 @pytest.mark.slow

@@ -105,6 +105,8 @@ class TrackingConfig(_Strict):
     uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: Path = Path("mlruns/artifacts")
     experiment_prefix: str = Field("digits", min_length=1)
+    # Where `make ui` serves the MLflow UI; links from Prefect's flow runs point here.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 def _registered_names() -> list[str]:

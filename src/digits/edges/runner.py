@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from digits.config import ComputeConfig
@@ -28,12 +30,23 @@ PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
+# The project's own Prefect home (its settings and the `make prefect-ui` server's database), in
+# the folder the flows run from, as `mlruns/` is: never the user's ~/.prefect, which every project
+# on the machine shares.
+PREFECT_HOME_DIR = ".prefect"
+# The temporary server a flow starts when no Prefect server answers keeps its own database, so
+# that two servers never share one SQLite file.
+TEMPORARY_DATABASE = "temporary.db"
 
 
 def set_prefect_defaults() -> None:
-    """Environment defaults for Prefect; call before `prefect` is imported (it reads them then)."""
+    """Environment defaults for Prefect; call before `prefect` is imported (it reads them then).
+
+    Sets ``PREFECT_HOME`` to ``.prefect`` in the working folder unless it is set already.
+    """
     for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / PREFECT_HOME_DIR))
 
 
 @dataclass(frozen=True)
@@ -160,31 +173,83 @@ def configure_worker_threads(compute: ComputeConfig) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+def local_prefect_server() -> str | None:
+    """The API URL of a Prefect server answering on the documented address, or None.
+
+    The address is Prefect's own ``PREFECT_SERVER_API_HOST`` and ``PREFECT_SERVER_API_PORT``
+    (127.0.0.1:4200 unless set), where ``make prefect-ui`` starts the server.
+    """
+    from prefect.settings import PREFECT_SERVER_API_HOST, PREFECT_SERVER_API_PORT
+
+    host = PREFECT_SERVER_API_HOST.value()
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: reach it on the loopback
+        host = "127.0.0.1"
+    api = f"http://{host}:{PREFECT_SERVER_API_PORT.value()}/api"
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=1.0) as response:
+            healthy = response.status == 200 and response.read().strip() == b"true"
+    except (OSError, ValueError):
+        return None
+    return api if healthy else None
+
+
+_TEMPORARY_APIS: set[str] = set()
+
+
+def prefect_ui_url(flow_run_id: str) -> str | None:
+    """The Prefect UI page of a flow run on the server in use; None on a temporary server.
+
+    A temporary server stops when its flow ends, so a link to it would lead nowhere.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    ui = PREFECT_UI_URL.value()
+    if not flow_run_id or not api or api in _TEMPORARY_APIS or not ui:
+        return None
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
 @contextmanager
 def shared_prefect_api() -> Iterator[str]:
     """One Prefect API for the flow and all its Dask workers.
 
-    Without ``PREFECT_API_URL`` every process that runs a task would start a temporary Prefect
-    server of its own (15-20 s each, and runs scattered over several databases). This starts one,
-    exports its address so the worker processes spawned afterwards inherit it, and stops it at the
-    end. With ``PREFECT_API_URL`` set (a `prefect server start` you run, which the UI shows), it
-    is used as it is; workers on other machines need such a reachable server.
+    In order: ``PREFECT_API_URL`` when set (a server of yours; workers on other machines need one
+    they reach); else the project's server when one answers on the documented address
+    (`local_prefect_server`: ``make prefect-ui``), so its UI shows the runs with no set-up; else a
+    temporary server for this run, on its own database in ``$PREFECT_HOME``. The URL is exported
+    so the worker processes spawned afterwards inherit it (without it, every process that runs a
+    task would start a temporary server of its own: 15-20 s each, runs scattered over databases).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
 
-    existing = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    existing = (
+        os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or local_prefect_server()
+    )
     if existing:
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = existing  # for worker processes started from here on
         try:
-            yield existing
+            with temporary_settings({PREFECT_API_URL: existing}):
+                yield existing
+                _drain_prefect_workers()
         finally:
             _restore_env("PREFECT_API_URL", previous)
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    database = f"sqlite+aiosqlite:///{home / TEMPORARY_DATABASE}"
     server = SubprocessASGIServer()
-    server.start()
+    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+        server.start()
+    _TEMPORARY_APIS.add(server.api_url)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
@@ -192,6 +257,7 @@ def shared_prefect_api() -> Iterator[str]:
             _drain_prefect_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        _TEMPORARY_APIS.discard(server.api_url)
         server.stop()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ def configure(cfg: TrackingConfig) -> str:
     _state["uri"] = uri
     _state["prefix"] = cfg.experiment_prefix
     _state["artifact_root"] = str(cfg.artifact_root)
+    _state["ui_url"] = cfg.ui_url.rstrip("/")
     return uri
 
 
@@ -469,3 +471,78 @@ def register_model_in_run(
     """
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         return register_model(model, name, input_example, tags)
+
+
+# ------------------------------------------------------------------------ links to the MLflow UI
+# Runs and registered versions carry their Prefect flow run's id as the tag below, so a flow run
+# can list what it recorded (`records_of_flow_run`) with links into the MLflow UI.
+
+PREFECT_FLOW_RUN_TAG = "prefect_flow_run_id"
+LISTED_METRICS = ("accuracy", "precision", "recall", "f1", "cv_accuracy")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """An MLflow run or registered model version, as a line in a list of links."""
+
+    label: str
+    url: str
+    status: str
+    metrics: dict[str, float]
+    aliases: tuple[str, ...] = ()
+
+
+def ui_url() -> str:
+    """Where the MLflow UI serves this store (``tracking.ui_url``; ``make ui`` starts it)."""
+    return _state.get("ui_url", "http://127.0.0.1:5000")
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_version_url(name: str, version: str) -> str:
+    """The MLflow UI page of a registered model version."""
+    return f"{ui_url()}/#/models/{urllib.parse.quote(name, safe='')}/versions/{version}"
+
+
+def records_of_flow_run(flow_run_id: str) -> tuple[list[RunRecord], list[RunRecord]]:
+    """The runs and registered model versions tagged with Prefect flow run `flow_run_id`.
+
+    Returns:
+        (runs in the order they started, model versions by name and version).
+    """
+    client = MlflowClient()
+    quoted = flow_run_id.replace("'", "")
+    found = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.{PREFECT_FLOW_RUN_TAG} = '{quoted}'",
+        order_by=["attribute.start_time ASC"],
+    )
+    runs = [
+        RunRecord(
+            label=run.info.run_name or run.info.run_id,
+            url=run_url(run.info.experiment_id, run.info.run_id),
+            status=run.info.status,
+            metrics={k: v for k, v in run.data.metrics.items() if k in LISTED_METRICS},
+        )
+        for run in found
+    ]
+    metrics_by_run = {run.info.run_id: run.data.metrics for run in found}
+    versions = []
+    found_versions = client.search_model_versions(f"tags.{PREFECT_FLOW_RUN_TAG} = '{quoted}'")
+    for found_version in sorted(found_versions, key=lambda v: (v.name, int(v.version))):
+        # A search leaves the aliases out; reading the version brings them.
+        version = client.get_model_version(found_version.name, found_version.version)
+        metrics = metrics_by_run.get(version.run_id or "", {})
+        versions.append(
+            RunRecord(
+                label=f"{version.name} v{version.version}",
+                url=model_version_url(version.name, str(version.version)),
+                status=str(version.status),
+                metrics={k: v for k, v in metrics.items() if k in LISTED_METRICS},
+                aliases=tuple(sorted(version.aliases)),
+            )
+        )
+    return runs, versions
