@@ -27,6 +27,17 @@ def _duplicate_bounds() -> dict[DatasetName, int]:
 
 
 MIRRORS_ENV = "DIGITS_DATA_MIRRORS"
+
+
+def split_mirrors(text: str) -> list[str]:
+    """The mirrors listed in `DIGITS_DATA_MIRRORS`: separated by whitespace, which no URL contains.
+
+    (`os.pathsep`, ':' on POSIX, would cut `http://host:8000/data` into three.) A directory whose
+    path holds a space goes in `data.mirrors` in params.yaml instead.
+    """
+    return text.split()
+
+
 DASK_ADDRESS_ENV = "DIGITS_DASK_ADDRESS"
 
 
@@ -41,7 +52,7 @@ class DataConfig(_Strict):
     mirrors: list[str] = Field(
         default_factory=list,
         description="Directories or URL prefixes tried before the official sources, each holding "
-        "<dataset>/<file>. The environment variable DIGITS_DATA_MIRRORS (os.pathsep-separated) "
+        "<dataset>/<file>. The environment variable DIGITS_DATA_MIRRORS (whitespace-separated) "
         "adds more, tried first.",
     )
     download_retries: int = Field(3, ge=0, le=10)
@@ -57,7 +68,7 @@ class DataConfig(_Strict):
 
     def all_mirrors(self) -> list[str]:
         """Mirrors from the environment first, then those from params."""
-        from_env = [m for m in os.environ.get(MIRRORS_ENV, "").split(os.pathsep) if m]
+        from_env = split_mirrors(os.environ.get(MIRRORS_ENV, ""))
         return from_env + list(self.mirrors)
 
 

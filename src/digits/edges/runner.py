@@ -142,8 +142,10 @@ def shared_prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            _drain_prefect_workers()
+            try:
+                yield server.api_url
+            finally:  # interrupted or not: afterwards nothing would listen to them
+                _drain_prefect_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
