@@ -80,6 +80,18 @@ class ValidationConfig(_Strict):
     max_cross_split_duplicates: dict[DatasetName, int] = Field(default_factory=_duplicate_bounds)
 
 
+class DaskTLS(_Strict):
+    """Certificates for a TLS connection to an existing Dask cluster (Dask's `Security`).
+
+    With a `tls://` address and no `compute.dask_tls`, Dask's own settings apply (the
+    `DASK_DISTRIBUTED__COMM__TLS__CA_FILE`, `..._CLIENT__CERT`, `..._CLIENT__KEY` variables).
+    """
+
+    ca_file: Path = Field(description="The CA certificate that signed the scheduler's.")
+    cert: Path = Field(description="This client's certificate (PEM; may hold the key too).")
+    key: Path | None = Field(None, description="This client's private key, if not in `cert`.")
+
+
 class ComputeConfig(_Strict):
     """Where tasks run."""
 
@@ -88,7 +100,11 @@ class ComputeConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1, le=256)
     dask_address: str | None = Field(
         None,
-        description="Existing Dask scheduler (tcp://host:8786); DIGITS_DASK_ADDRESS overrides.",
+        description="Existing Dask scheduler (tls://host:8786, or tcp:// on a trusted network); "
+        "DIGITS_DASK_ADDRESS overrides.",
+    )
+    dask_tls: DaskTLS | None = Field(
+        None, description="Certificates for a tls:// scheduler address (Dask's Security)."
     )
     task_retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)
