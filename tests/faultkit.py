@@ -25,11 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def make_study(workdir: Path, strategy: str = "optuna", train: int = 1200, test: int = 200) -> Path:
+def make_study(
+    workdir: Path, strategy: str = "optuna", workers: int = 1, train: int = 1200, test: int = 200
+) -> Path:
     """A study folder: generated MNIST-format data, prepared; a params file; returns the file.
 
-    One CPU worker, so trials run one at a time and an uninterrupted run is reproducible
-    (with Optuna, which trial comes next depends on which finished first).
+    One CPU worker by default, so trials run one at a time and an uninterrupted Optuna run is
+    reproducible (which trial Optuna asks for next depends on which finished first); a grid's
+    results do not depend on the order, so it may use more.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     mirror = workdir / "mirror" / "mnist"
@@ -43,7 +46,7 @@ def make_study(workdir: Path, strategy: str = "optuna", train: int = 1200, test:
     prepare.prepare("mnist", data)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["root"] = str(data.root)
-    raw["compute"].update(device="cpu", cpu_workers=1, task_retries=1, retry_delay_s=0)
+    raw["compute"].update(device="cpu", cpu_workers=workers, task_retries=1, retry_delay_s=0)
     raw["mnist"].update(folds=2, registered_model="fault-mlp")
     raw["mnist"]["recipe"]["model"]["args"].update(depth=1, width=16)
     raw["mnist"]["recipe"]["optim"].update(epochs=4, batch_size=64)
@@ -122,3 +125,35 @@ def results(workdir: Path) -> dict[str, Any]:
         "best": metrics["best"],
         "test": metrics["test"],
     }
+
+
+def training_now(workdir: Path) -> bool:
+    """Whether a task is mid-training (its epoch checkpoint exists only until it completes)."""
+    return any((workdir / ".checkpoints").glob("*.pt"))
+
+
+def dask_workers(process: subprocess.Popen[str]) -> list[Any]:
+    """The flow's Dask worker processes (spawned by the nannies in the flow's process)."""
+    import psutil
+
+    return [
+        child
+        for child in psutil.Process(process.pid).children(recursive=True)
+        if any("spawn_main" in part for part in child.cmdline())
+    ]
+
+
+def kill_a_worker_mid_task(
+    process: subprocess.Popen[str], workdir: Path, timeout: float = 300
+) -> int:
+    """SIGKILL one Dask worker while a task trains (after its first epoch); returns its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = dask_workers(process)
+        if training_now(workdir) and len(workers) > 1:
+            workers[0].kill()
+            return int(workers[0].pid)
+        if process.poll() is not None:
+            raise AssertionError(f"the flow ended first (rc {process.returncode})")
+        time.sleep(0.05)
+    raise AssertionError("no task was training in time")

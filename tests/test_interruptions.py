@@ -74,3 +74,17 @@ def test_sigterm_then_sigkill_then_rerun_resumes_to_the_uninterrupted_result(
     ]
     assert faultkit.results(tmp_path) == reference
     assert faultkit.stored_folds(tmp_path) == 0  # the completed flow dropped its store
+
+
+def test_a_worker_killed_mid_task_costs_nothing_but_time(tmp_path: Path) -> None:
+    faultkit.make_study(tmp_path, strategy="grid", workers=2)
+    flow = faultkit.start_flow(tmp_path)
+    killed = faultkit.kill_a_worker_mid_task(flow, tmp_path)
+    code, output = faultkit.finish(flow)
+    assert code == 0, output[-3000:]
+    assert re.search(rf"Worker process {killed} was killed by signal 9", output), output[-3000:]
+    states = faultkit.run_states(tmp_path)
+    trials = sorted(name.split("@")[0] for name in states if name.startswith("trial-"))
+    assert trials == sorted(set(trials)) and len(trials) == 4  # every trial recorded once
+    assert set(states.values()) == {"FINISHED"}
+    assert faultkit.results(tmp_path)["tuning"].count("\n") == 5  # header + 4 cells
