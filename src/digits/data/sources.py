@@ -151,7 +151,7 @@ def _download(url: str, target: Path, timeout_s: float, retries: int) -> None:
                     leave=False, disable=None,
                 ) as progress:  # fmt: skip
                     while chunk := response.read(1 << 20):
-                        with refuse_full_disk(target):  # not a network error: no retry
+                        with refuse_full_disk(target.parent):  # not a network error: no retry
                             f.write(chunk)
                         progress.update(len(chunk))
             if expected is not None and target.stat().st_size != int(expected):

@@ -330,7 +330,8 @@ def validate(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if failed:
         raise DataError(
-            f"{dataset} failed validation ({len(failed)} of {len(results)} checks; see "
-            f"{out_dir / 'summary.json'} and {docs_dir}/index.html): " + " | ".join(failed)
+            f"{dataset} failed validation: {' | '.join(failed)} ({len(failed)} of "
+            f"{len(results)} checks failed; see {out_dir / 'summary.json'} and "
+            f"{docs_dir}/index.html)"
         )
     return summary
