@@ -70,3 +70,28 @@ def test_runs_of_a_dead_process_are_ended_killed_and_no_other() -> None:
     assert status(orphan) == status(reused) == "KILLED"
     assert status(alive) == status(elsewhere) == "RUNNING"
     assert "ended" in client.get_run(orphan).data.tags["end_reason"]
+
+
+def test_a_moved_checkout_still_opens_its_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import mlflow
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir()
+    monkeypatch.chdir(before)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    tracking.configure(TrackingConfig())  # the project's own store, mlruns/ beside params.yaml
+    run_id = tracking.create_run("unit", "trained")
+    tracking.log_dict({"accuracy": 0.9}, "report.json", run_id=run_id)
+    tracking.end_run(run_id)
+
+    shutil.move(before, after)
+    monkeypatch.chdir(after)
+    moved = tracking.configure(TrackingConfig())
+    assert moved == "sqlite:///mlruns/mlflow.db"
+    artifact_uri = MlflowClient().get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith(after.resolve().as_uri())
+    assert mlflow.artifacts.load_dict(f"{artifact_uri}/report.json") == {"accuracy": 0.9}

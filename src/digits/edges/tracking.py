@@ -80,12 +80,64 @@ def configure(cfg: TrackingConfig, must_exist: bool = False) -> str:
             database.parent.mkdir(parents=True, exist_ok=True)
     # A new SQLite store announces its table creation on stderr; it is routine, not news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    if scheme == "sqlite" and Path(uri.removeprefix("sqlite:///")).is_file():
+        follow_moved_checkout(Path(uri.removeprefix("sqlite:///")), cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _state["uri"] = uri
     _state["prefix"] = cfg.experiment_prefix
     _state["artifact_root"] = str(cfg.artifact_root)
     return uri
+
+
+# Where MLflow keeps artifact locations, by table and column (MLflow 3 schema).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+def follow_moved_checkout(database: Path, cfg: TrackingConfig) -> list[tuple[str, str]]:
+    """Point the artifact locations of a moved checkout's store at the artifacts beside it.
+
+    MLflow stores artifact locations as absolute paths (3.17 resolves a relative one against the
+    working directory when an experiment is created), so a checkout moved or copied elsewhere
+    lists its runs but looks for artifacts under the old path. For each experiment whose folder
+    is gone while `<artifact_root>/<experiment name>` exists here, the old prefix is replaced by
+    the new one in the store. MLflow has no API to change a location, hence plain SQL.
+
+    Returns:
+        The (old, new) prefixes replaced.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    moved: list[tuple[str, str]] = []
+    with sqlite3.connect(database) as db:
+        try:
+            experiments = db.execute("select name, artifact_location from experiments").fetchall()
+        except sqlite3.Error:  # not (yet) an MLflow store: nothing to follow
+            return moved
+        for name, location in experiments:
+            if not str(location).startswith("file://"):
+                continue
+            old_path = Path(unquote(urlparse(location).path))
+            here = (Path(cfg.artifact_root) / name).resolve()
+            if old_path.exists() or not here.is_dir() or old_path == here:
+                continue
+            new = here.as_uri()
+            for table, column in _LOCATION_COLUMNS:
+                db.execute(
+                    f"update {table} set {column} = ? || substr({column}, ?) "
+                    f"where substr({column}, 1, ?) = ?",
+                    (new, len(location) + 1, len(location), location),
+                )
+            moved.append((location, new))
+    for old, new in moved:
+        logging.getLogger("digits").warning("artifacts moved with the checkout: %s -> %s", old, new)
+    return moved
 
 
 def _experiment_id(name: str) -> str:
