@@ -60,7 +60,7 @@ def interrupt(workdir: Path, how: str) -> None:
     injected[how] += 1
     if how == "SIGKILL (flow and all it started)":
         faultkit.kill_group(flow)
-        return  # nobody can end its runs: the next run does
+        return  # nobody can end its runs: the next run must (see `orphans_ended`)
     flow.send_signal(signal.SIGINT if how == "SIGINT (Ctrl-C)" else signal.SIGTERM)
     code, output = faultkit.finish(flow, timeout=180)
     expected = 128 + (signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM)
@@ -85,7 +85,11 @@ def interruption_figures(root: Path) -> dict[str, Any]:
     faultkit.make_study(resumed)
     for how in ("SIGINT (Ctrl-C)", "SIGTERM", "SIGKILL (flow and all it started)"):
         interrupt(resumed, how)
+    orphans = [name for name, state in faultkit.run_states(resumed).items() if state == "RUNNING"]
     finished = complete(resumed)
+    after = faultkit.run_states(resumed)
+    orphans_ended = bool(orphans) and all(after[name] == "KILLED" for name in orphans)
+    right_state["SIGKILL (flow and all it started)"] += int(orphans_ended)
     check_states(resumed, "the resumed run (orphans included)", {"KILLED", "FINISHED"})
     same = finished and faultkit.results(resumed) == faultkit.results(reference)
 
@@ -105,6 +109,8 @@ def interruption_figures(root: Path) -> dict[str, Any]:
     check_states(worker_loss, "a worker loss", {"FINISHED"})
     worker_same = code == 0 and faultkit.results(worker_loss) == faultkit.results(grid_reference)
     return {
+        "runs the SIGKILLed flow left RUNNING, ended KILLED by the next run": f"{len(orphans)} "
+        f"({'all' if orphans_ended else 'NOT all'})",
         "resumed sweeps completed": f"{int(finished)} of 1 (optuna, 4 trials x 2 folds, "
         "after Ctrl-C, SIGTERM and SIGKILL)",
         "resumed results equal the uninterrupted run's": same,
