@@ -19,6 +19,7 @@ import hashlib
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from digits.data.arrays import (
     read_manifest,
 )
 from digits.edges import registry, tracking
+from digits.edges.cli import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
+from digits.edges.resume import SweepStore, sweep_key
 from digits.edges.runner import (
     ProgressFeed,
     configure_worker_threads,
@@ -53,7 +56,8 @@ from digits.edges.runner import (
     publish_progress,
     task_slots,
 )
-from digits.errors import DigitsError, TrainingDiverged
+from digits.errors import DigitsError, DiskFull, TrainingDiverged
+from digits.search import make_study
 from digits.sweep import SweepScheduler, Trial
 from digits.training.loop import EpochStats, select_device
 from digits.training.packed import can_pack
@@ -258,6 +262,14 @@ class Engine:
             **flow_tags,
         }
         self.logger.info("placement: %s; %d task(s) at once", self.placement.describe(), self.slots)
+        self._stores: list[SweepStore] = []
+        reclaim_sigterm()
+        ended = tracking.end_orphaned_runs(experiment)
+        if ended:
+            self.logger.warning(
+                "%d run(s) left RUNNING by a process that no longer exists ended as KILLED",
+                len(ended),
+            )
 
     # ------------------------------------------------------------------------------ recording
 
@@ -278,15 +290,21 @@ class Engine:
             )
 
     def _wait_any(self, futures: list[Any]) -> list[Any]:
-        """Block until at least one future is done, recording epochs as they arrive."""
+        """Block until at least one future is done, recording epochs as they arrive.
+
+        The place where a Ctrl-C or SIGTERM received meanwhile is raised (see
+        `digits.edges.cli.deferred_interrupts`).
+        """
         while True:
             done = wait(futures, timeout=0.5).done
             self._record_epochs()
+            raise_if_interrupted()
             if done:
                 return [f for f in futures if f in done]
 
     # ---------------------------------------------------------------------------------- sweep
 
+    @deferred_interrupts()  # Ctrl-C / SIGTERM raised in _wait_any, not inside a submission
     def sweep(self, search: SearchConfig, base: Recipe, folds: int) -> SweepOutcome:
         """Cross-validate every trial the search asks for; record each as a child MLflow run.
 
@@ -297,17 +315,28 @@ class Engine:
         """
         parent = tracking.active_run_id()
         packing = _packing.packing_enabled(self.params.compute, self.placement)
+        store = self.sweep_store(search, base, folds, packing)
+        study = None
+        if search.strategy == "optuna":
+            study = make_study(self.params.seed, storage=store.study_storage(), name="sweep")
         scheduler = SweepScheduler(
             search,
             base,
             folds,
             self.params.seed,
             slots=self.slots * _packing.OPTUNA_TRIALS_PER_PACK if packing else self.slots,
+            study=study,
             parallel_folds=packing,
         )
+        resumed = store.finished_folds()
+        if resumed:
+            self.logger.info("resuming the sweep: %d fold(s) finished earlier", resumed)
         run_ids: dict[int, str] = {}
         active: dict[Any, list[tuple[Trial, int]]] = {}  # a task's future -> the fits it trains
         queued: list[tuple[Trial, int]] = []  # fits waiting to be packed
+        # Outcomes to hand to the scheduler: (trial, fold, result or error, from the store).
+        ready: deque[tuple[Trial, int, FoldResult | BaseException, bool]] = deque()
+        from_store: dict[int, int] = {}
         started = time.perf_counter()
         startup: float | None = None
         progress = tqdm(total=scheduler.total * folds, desc="cv folds", unit="fold")
@@ -321,8 +350,15 @@ class Engine:
                     tags={**self.tags, "trial": trial.number, "stage": "trial"},
                     parent_run_id=parent,
                 )
+            stored = store.fold_result(trial.recipe.model_dump_json(), fold)
+            if stored is not None:  # finished before an interruption: not trained again
+                self._log_curve(run_ids[trial.number], f"fold{fold}/", stored.history)
+                from_store[trial.number] = from_store.get(trial.number, 0) + 1
+                ready.append((trial, fold, stored, True))
+                return
             if packing and can_pack(trial.recipe):
                 queued.append((trial, fold))
+                return
                 return
             fold_task = train_fold.with_options(
                 task_run_name=f"{trial.name} fold {fold + 1}/{folds}", **self.retries
@@ -364,11 +400,22 @@ class Engine:
             queued.clear()
 
         def finish(trial: Trial) -> None:
+            if trial.number not in run_ids:  # failed in an earlier run: recorded, never launched
+                run_ids[trial.number] = tracking.create_run(
+                    self.experiment,
+                    trial.name,
+                    params={**recipe_params(trial.recipe), "folds": folds},
+                    tags={**self.tags, "trial": trial.number, "stage": "trial"},
+                    parent_run_id=parent,
+                )
             run_id = run_ids[trial.number]
+            closing = {"folds_from_earlier_run": from_store.get(trial.number, 0)}
             if trial.state == "failed":
-                progress.update(folds - len(trial.scores) - 1)
+                progress.update(max(folds - len(trial.scores) - 1, 0))
                 self.logger.warning("%s failed: %s", trial.name, trial.failure)
-                tracking.end_run(run_id, "FAILED", {"failure_reason": trial.failure or ""})
+                tracking.end_run(
+                    run_id, "FAILED", {"failure_reason": trial.failure or "", **closing}
+                )
                 return
             if trial.state == "pruned":
                 progress.update(folds - len(trial.scores))
@@ -383,34 +430,46 @@ class Engine:
                 | {f"fold{k}/accuracy": trial.scores[k] for k in trial.scores},
                 step=len(trial.scores),
             )
-            tracking.end_run(run_id, "FINISHED", {"state": trial.state})
+            tracking.end_run(run_id, "FINISHED", {"state": trial.state, **closing})
 
         for trial, fold in scheduler.start():
             launch(trial, fold)
-        submit_packs()
-        while active:
-            for future in self._wait_any(list(active)):
-                fits = active.pop(future)
-                for (trial, fold), result in zip(
-                    fits, _packing.fold_outcomes(future, len(fits)), strict=True
-                ):
-                    if trial.state != "running":  # a fold of a trial that already failed
-                        continue
-                    if isinstance(result, BaseException):  # ends its trial, never the sweep
-                        following = scheduler.fold_failed(
-                            trial, fold, f"{type(result).__name__}: {result}"
-                        )
-                        finish(trial)
-                    else:
-                        progress.update(1)
-                        if startup is None:
-                            startup = time.perf_counter() - started - result.train_seconds
-                        following = scheduler.fold_done(trial, fold, result.val_accuracy, result)
-                        if trial.state != "running":
-                            finish(trial)
-                    for next_trial, next_fold in following:
-                        launch(next_trial, next_fold)
-            submit_packs()
+        for trial in scheduler.trials:
+            if trial.state == "failed":
+                finish(trial)
+        while True:
+            if not ready:
+                submit_packs()
+                if not active:
+                    break
+                for future in self._wait_any(list(active)):
+                    fits = active.pop(future)
+                    for (trial, fold), result in zip(
+                        fits, _packing.fold_outcomes(future, len(fits)), strict=True
+                    ):
+                        if not isinstance(result, BaseException):
+                            store.save_fold(trial.recipe.model_dump_json(), fold, result)
+                        ready.append((trial, fold, result, False))
+                continue
+            trial, fold, outcome, stored = ready.popleft()
+            if trial.state != "running":  # a fold of a trial that already failed in its pack
+                continue
+            if isinstance(outcome, DiskFull):  # every trial would fail the same way
+                raise outcome
+            if isinstance(outcome, BaseException):  # ends its trial, never the sweep
+                following = scheduler.fold_failed(
+                    trial, fold, f"{type(outcome).__name__}: {outcome}"
+                )
+                finish(trial)
+            else:
+                progress.update(1)
+                if startup is None and not stored:
+                    startup = time.perf_counter() - started - outcome.train_seconds
+                following = scheduler.fold_done(trial, fold, outcome.val_accuracy, outcome)
+                if trial.state != "running":
+                    finish(trial)
+            for next_trial, next_fold in following:
+                launch(next_trial, next_fold)
         progress.close()
         self._record_epochs()
 
@@ -430,6 +489,30 @@ class Engine:
             ),
             startup_seconds=max(startup or 0.0, 0.0),
         )
+
+    def sweep_store(
+        self, search: SearchConfig, base: Recipe, folds: int, packing: bool = False
+    ) -> SweepStore:
+        """Where this sweep keeps finished folds and its study, keyed on all its results hang on."""
+        key = sweep_key(
+            experiment=self.experiment,
+            data=[self.checksum, self.data.train_subset, self.data.test_subset, self.data.extra],
+            search=search.model_dump(mode="json"),
+            base=base.model_dump(mode="json"),
+            folds=folds,
+            seed=self.params.seed,
+            device=self.placement.kind,
+            packing=packing,  # a packed fit equals an unpacked one within float tolerance only
+        )
+        store = SweepStore(self.params.compute.checkpoint_dir, key)
+        self._stores.append(store)
+        return store
+
+    def _log_curve(self, run_id: str, prefix: str, history: list[dict[str, float]]) -> None:
+        """A stored fold's per-epoch curve, logged into the new trial run."""
+        for row in history:
+            metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
+            tracking.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
 
     # ---------------------------------------------------------------------------------- final
 
@@ -454,6 +537,7 @@ class Engine:
         )
         return future, run_id
 
+    @deferred_interrupts()
     def wait_final(self, futures: list[Any]) -> list[Any]:
         """Results (or the exception) of final fits, in order, recording epochs while waiting."""
         pending = list(futures)
@@ -509,10 +593,13 @@ class Engine:
         return version, decision.promoted
 
     def close(self) -> None:
-        """Record the last epochs; list the flow run's MLflow runs in a Prefect artifact."""
+        """The flow completed: record the last epochs, list the flow run's MLflow runs in a
+        Prefect artifact, drop what only a resume would need."""
         self._record_epochs()
         self.feed.close()
         link_mlflow_records(f"{self.experiment} ({self.params.profile})")
+        for store in self._stores:
+            store.clear()
 
 
 __all__ = ["DataRef", "DigitsError", "Engine", "SweepOutcome", "recipe_params"]

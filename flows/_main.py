@@ -11,14 +11,17 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from digits.errors import TrainingDiverged
+from digits.errors import DiskFull, TrainingDiverged
 
 
 def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures; a NaN loss is deterministic under the seed and would fail again."""
+    """Retry transient failures; a NaN loss is deterministic under the seed and would fail again.
+
+    Nor is a full disk retried: it stays full.
+    """
     try:
         state.result()
-    except TrainingDiverged:
+    except (TrainingDiverged, DiskFull):
         return False
     except Exception:
         return True
@@ -126,7 +129,7 @@ def main(
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
-    from digits.edges.cli import run_or_exit
+    from digits.edges.cli import handle_interrupts, run_or_exit
     from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
 
     parser = argparse.ArgumentParser(description=description)
@@ -135,6 +138,7 @@ def main(
         parser.add_argument(f"--{name.replace('_', '-')}", default=default)
     args = parser.parse_args()
     options = {name: getattr(args, name) for name in extra}
+    handle_interrupts()
 
     def run() -> Any:
         params = load_params(args.params)

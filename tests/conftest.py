@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from torchvision.datasets import MNIST, SVHN
 
-from digits.config import MIRRORS_ENV, DataConfig
+from digits.config import MIRRORS_ENV, DataConfig, split_mirrors
 from digits.data import sources, synthetic
 from digits.data.sources import RawFile, content_md5
 
 # Read before the autouse fixture below clears it for every test.
-REAL_MIRRORS = [m for m in os.environ.get(MIRRORS_ENV, "").split(os.pathsep) if m]
+REAL_MIRRORS = split_mirrors(os.environ.get(MIRRORS_ENV, ""))
 
 # Nothing listens on the discard port, so a connection is refused at once, without the internet.
 UNREACHABLE = "http://127.0.0.1:9"

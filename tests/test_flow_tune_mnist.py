@@ -38,6 +38,7 @@ def tiny_study(
     data_cfg = DataConfig(root=tmp_path / "data", mirrors=[str(mirror)])
     sources.pull("mnist", data_cfg, resources=resources)
     prepare.prepare("mnist", data_cfg)
+    (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["root"] = str(data_cfg.root)

@@ -47,6 +47,7 @@ def _mnist_like(n: int, seed: int = 0) -> np.ndarray:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, str]]:
     """A tiny MLP registered as `tiny@champion` in a store of its own; (model, store URI)."""
     root = tmp_path_factory.mktemp("store")
+    (root / "mlruns").mkdir()
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     images = _mnist_like(32)
     model = build_classifier("mlp", {"width": 8}, SHAPE, seed=0, train_images=images)

@@ -22,6 +22,7 @@ QUICK = {"profile": "quick", "test_set": "mnist:abc:test-2000-seed0"}
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    (tmp_path / "mlruns").mkdir()
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))

@@ -84,6 +84,7 @@ def test_report_names_each_result_with_its_mlflow_run(
     reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _synthetic_svhn_zoo(reports)
+    (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     params = load_params(REPO / "params.yaml")
     tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))

@@ -18,9 +18,11 @@ from digits.models import build_classifier
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh MLflow store per test: no test sees another's runs, models or aliases."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cfg = TrackingConfig(artifact_root=tmp_path / "artifacts", experiment_prefix="test")
     assert tracking.configure(cfg) == uri  # the environment wins over params
+    MlflowClient().search_experiments()  # the store exists from here on (as after any run)
     yield tmp_path
     while mlflow.active_run() is not None:  # a failing test must not leave a run open
         mlflow.end_run("FAILED")

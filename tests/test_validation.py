@@ -6,6 +6,7 @@ Great Expectations takes several seconds to import and run, so these are marked 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,21 +101,82 @@ def test_validation_names_missing_class(prepared_mnist, tmp_path):
     assert "column=class_share" in message  # digit 5 now holds 30% of train
 
 
-def test_validation_counts_cross_split_duplicates(prepared_mnist, tmp_path):
-    directory = prepared_mnist.root / "prepared/mnist"
-    metadata = pd.read_parquet(directory / "metadata.parquet")
-    train_hashes = metadata.loc[metadata["split"] == "train", "content_hash"].to_numpy()
-    test_rows = metadata.index[metadata["split"] == "test"][:3]
-    metadata.loc[test_rows, "content_hash"] = train_hashes[:3]
-    metadata.to_parquet(directory / "metadata.parquet", index=False)
+def _plant(prepared: DataConfig, split: str, change) -> None:  # type: ignore[no-untyped-def]
+    """Change a split's image array in place, as a stray script would (metadata untouched)."""
+    path = prepared.root / "prepared" / "mnist" / f"{split}_images.npy"
+    images = np.load(path)
+    change(images)
+    np.save(path, images)
+
+
+def _refusal(prepared: DataConfig, tmp_path: Path, bounds: ValidationConfig | None = None) -> str:
+    with pytest.raises(DataError) as error:
+        validate(
+            "mnist",
+            prepared,
+            bounds or ValidationConfig(),
+            tmp_path / "reports",
+            expected_counts=FIXTURE_COUNTS,
+        )
+    return str(error.value)
+
+
+@pytest.mark.faults
+def test_a_leak_planted_in_the_arrays_is_refused_by_name(prepared_mnist, tmp_path):
+    train = np.load(prepared_mnist.root / "prepared/mnist/train_images.npy")
+
+    def leak(images: np.ndarray) -> None:
+        images[:3] = train[10:13]
+
+    _plant(prepared_mnist, "test", leak)
     bounds = ValidationConfig(max_cross_split_duplicates={"mnist": 2, "svhn": 0})
-    reports = tmp_path / "reports"
-    with pytest.raises(
-        DataError,
-        match=r"column=cross_split_duplicates, min_value=0.0, max_value=2.0\): .* e\.g\. 3$",
-    ):
-        validate("mnist", prepared_mnist, bounds, reports, expected_counts=FIXTURE_COUNTS)
-    assert _summary(reports)["cross_split_duplicates"] == 3
+    message = _refusal(prepared_mnist, tmp_path, bounds)
+    assert re.search(
+        r"train/test leak \(test images also in train\): expect_column_values_to_be_between\("
+        r"column=cross_split_duplicates, min_value=0.0, max_value=2.0.*\): got 250 unexpected "
+        r"values, e\.g\. 3",
+        message,
+    ), message
+    assert "images in the arrays differ from those prepare recorded" in message
+    assert _summary(tmp_path / "reports")["cross_split_duplicates"] == 3
+
+
+@pytest.mark.faults
+def test_blank_test_images_are_refused_by_name(prepared_mnist, tmp_path):
+    _plant(prepared_mnist, "test", lambda images: images.fill(0))
+    message = _refusal(prepared_mnist, tmp_path)
+    assert "blank images (every pixel 0): expect_column_values_to_be_in_set(column=blank" in (
+        message
+    )
+    assert f"got {MNIST_TEST} unexpected values" in message
+    summary = _summary(tmp_path / "reports")
+    assert summary["blank_images"] == summary["constant_images"] == MNIST_TEST
+
+
+@pytest.mark.faults
+def test_constant_images_are_refused_by_name(prepared_mnist, tmp_path):
+    def grey(images: np.ndarray) -> None:
+        images[5:7] = 128
+
+    _plant(prepared_mnist, "train", grey)
+    message = _refusal(prepared_mnist, tmp_path)
+    assert "constant images (every pixel the same value)" in message
+    assert "got 2 unexpected values" in message
+    assert "blank images" not in message
+    assert _summary(tmp_path / "reports")["blank_images"] == 0
+
+
+@pytest.mark.faults
+def test_labels_out_of_range_in_the_arrays_are_refused_by_name(prepared_mnist, tmp_path):
+    path = prepared_mnist.root / "prepared/mnist/train_labels.npy"
+    labels = np.load(path)
+    labels[[3, 4]] = [-1, 12]
+    np.save(path, labels)
+    message = _refusal(prepared_mnist, tmp_path)
+    assert "labels out of range 0-9: expect_column_values_to_be_in_set(column=array_label" in (
+        message
+    )
+    assert "got 2 unexpected values, e.g. -1, 12" in message
 
 
 def test_synthetic_svhn_validates_against_its_manifest_counts(data_cfg, tmp_path):

@@ -29,6 +29,17 @@ def _duplicate_bounds() -> dict[DatasetName, int]:
 
 
 MIRRORS_ENV = "DIGITS_DATA_MIRRORS"
+
+
+def split_mirrors(text: str) -> list[str]:
+    """The mirrors listed in `DIGITS_DATA_MIRRORS`: separated by whitespace, which no URL contains.
+
+    (`os.pathsep`, ':' on POSIX, would cut `http://host:8000/data` into three.) A directory whose
+    path holds a space goes in `data.mirrors` in params.yaml instead.
+    """
+    return text.split()
+
+
 DASK_ADDRESS_ENV = "DIGITS_DASK_ADDRESS"
 
 
@@ -43,7 +54,7 @@ class DataConfig(_Strict):
     mirrors: list[str] = Field(
         default_factory=list,
         description="Directories or URL prefixes tried before the official sources, each holding "
-        "<dataset>/<file>. The environment variable DIGITS_DATA_MIRRORS (os.pathsep-separated) "
+        "<dataset>/<file>. The environment variable DIGITS_DATA_MIRRORS (whitespace-separated) "
         "adds more, tried first.",
     )
     download_retries: int = Field(3, ge=0, le=10)
@@ -59,7 +70,7 @@ class DataConfig(_Strict):
 
     def all_mirrors(self) -> list[str]:
         """Mirrors from the environment first, then those from params."""
-        from_env = [m for m in os.environ.get(MIRRORS_ENV, "").split(os.pathsep) if m]
+        from_env = split_mirrors(os.environ.get(MIRRORS_ENV, ""))
         return from_env + list(self.mirrors)
 
 
@@ -71,6 +82,18 @@ class ValidationConfig(_Strict):
     max_cross_split_duplicates: dict[DatasetName, int] = Field(default_factory=_duplicate_bounds)
 
 
+class DaskTLS(_Strict):
+    """Certificates for a TLS connection to an existing Dask cluster (Dask's `Security`).
+
+    With a `tls://` address and no `compute.dask_tls`, Dask's own settings apply (the
+    `DASK_DISTRIBUTED__COMM__TLS__CA_FILE`, `..._CLIENT__CERT`, `..._CLIENT__KEY` variables).
+    """
+
+    ca_file: Path = Field(description="The CA certificate that signed the scheduler's.")
+    cert: Path = Field(description="This client's certificate (PEM; may hold the key too).")
+    key: Path | None = Field(None, description="This client's private key, if not in `cert`.")
+
+
 class ComputeConfig(_Strict):
     """Where tasks run."""
 
@@ -79,7 +102,11 @@ class ComputeConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1, le=256)
     dask_address: str | None = Field(
         None,
-        description="Existing Dask scheduler (tcp://host:8786); DIGITS_DASK_ADDRESS overrides.",
+        description="Existing Dask scheduler (tls://host:8786, or tcp:// on a trusted network); "
+        "DIGITS_DASK_ADDRESS overrides.",
+    )
+    dask_tls: DaskTLS | None = Field(
+        None, description="Certificates for a tls:// scheduler address (Dask's Security)."
     )
     task_retries: int = Field(2, ge=0, le=10)
     retry_delay_s: float = Field(2.0, ge=0)

@@ -14,3 +14,7 @@ class DataError(DigitsError):
 
 class TrainingDiverged(DigitsError):
     """A training run produced a non-finite loss; the trial is failed, the sweep goes on."""
+
+
+class DiskFull(DigitsError):
+    """A write failed because the disk (or the quota) is full; retrying will not help."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 import optuna
 
 from digits.config import Dimension, Recipe, SearchConfig, SearchSpace
@@ -67,18 +68,46 @@ def planned_values(search: SearchConfig, seed: int) -> list[Values]:
     return []
 
 
-def make_study(seed: int, n_startup_trials: int = 5) -> optuna.Study:
-    """An in-memory study maximising mean CV accuracy: seeded TPE sampler, median pruner.
+def make_sampler(
+    seed: int, number: int = 0, n_startup_trials: int = 5
+) -> optuna.samplers.TPESampler:
+    """The TPE sampler that draws trial `number`, seeded from (`seed`, `number`).
+
+    Seeding each trial's draw, rather than one random stream for the whole study, makes a draw
+    depend only on the seed and the trials before it: a study continued after its process was
+    killed draws what the uninterrupted study would have drawn.
+    """
+    trial_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=n_startup_trials)
+
+
+def make_study(
+    seed: int,
+    n_startup_trials: int = 5,
+    storage: optuna.storages.BaseStorage | None = None,
+    name: str | None = None,
+) -> optuna.Study:
+    """A study maximising mean CV accuracy: seeded TPE sampler, median pruner.
 
     The pruner compares a trial's intermediate values (the running mean accuracy after each fold,
     step = fold index) with the median of earlier trials at the same step, once
     `n_startup_trials` trials are complete.
+
+    Args:
+        seed: Seeds the sampler.
+        n_startup_trials: Random draws, and complete trials the pruner waits for, before TPE.
+        storage: Where the study lives; in memory by default. A persistent storage that already
+            holds study `name` continues it.
+        name: The study's name in `storage`.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        sampler=make_sampler(seed, 0, n_startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=0),
+        storage=storage,
+        study_name=name,
+        load_if_exists=storage is not None,
     )
 
 

@@ -6,18 +6,34 @@ result or failure; it answers with what to launch next. Folds of one trial run o
 so Optuna's pruner can stop a weak trial after any fold; trials run side by side, `slots` at a time
 for Optuna (which learns from finished trials), all at once for grid and random search (the
 cluster hands them out as workers free up).
+
+Given a persistent Optuna study that an interrupted sweep left behind, it continues that study:
+finished trials are replayed (their folds asked for again, which the driver answers from its
+store of finished folds, without telling Optuna twice), trials the dead process left RUNNING are
+continued under their own numbers, and new trials are asked for as in an uninterrupted sweep.
+Each trial's draw is seeded from (seed, trial number), so the continued study draws what the
+uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
 
 from digits.config import Recipe, SearchConfig
-from digits.search import Values, apply, describe, make_study, planned_values, suggest_values
+from digits.search import (
+    Values,
+    apply,
+    describe,
+    make_sampler,
+    make_study,
+    planned_values,
+    suggest_values,
+)
 
 TrialState = Literal["running", "complete", "pruned", "failed"]
 
@@ -75,10 +91,11 @@ class SweepScheduler:
         seed: Seeds random draws and Optuna's sampler.
         slots: Trials in flight at once for optuna (the cluster's worker count, at least 1).
         study: An Optuna study to continue (a persistent one resumes a sweep); a new in-memory
-            one by default.
+            one by default. The scheduler seeds its sampler for each trial.
         parallel_folds: Launch every fold of a trial at once (grid and random only: there is
             no pruner to stop a trial between folds), so a packed sweep trains every fit of the
             grid in one pack.
+        n_startup_trials: Random draws before TPE takes over (as in `make_study`).
     """
 
     def __init__(
@@ -90,11 +107,17 @@ class SweepScheduler:
         slots: int = 1,
         study: optuna.Study | None = None,
         parallel_folds: bool = False,
+        n_startup_trials: int = 5,
     ) -> None:
-        self.search, self.base, self.folds = search, base, folds
+        self.search, self.base, self.folds, self.seed = search, base, folds, seed
         self.slots = max(slots, 1)
-        self.study = (study or make_study(seed)) if search.strategy == "optuna" else None
+        self.n_startup_trials = n_startup_trials
+        self.study = None
+        if search.strategy == "optuna":
+            self.study = study or make_study(seed, n_startup_trials)
         self.parallel_folds = parallel_folds and self.study is None
+        # Trials of an earlier run of this study, replayed: number -> (final state, folds done).
+        self._replay: dict[int, tuple[TrialState, int]] = {}
         self._queue = [
             Trial(number, values, apply(base, values))
             for number, values in enumerate(planned_values(search, seed))
@@ -104,9 +127,14 @@ class SweepScheduler:
         self.trials: list[Trial] = []
 
     def start(self) -> list[Launch]:
-        """The first folds to train."""
-        width = self.total if self.study is None else min(self.slots, self.total)
-        launches = []
+        """The first folds to train (with a continued study: its earlier trials' folds first)."""
+        if self.study is None:
+            width = self.total
+            launches = []
+        else:
+            launches = self._continue_study()
+            running = sum(1 for t in self.trials if t.state == "running" and not self._replayed(t))
+            width = max(min(self.slots, self.total) - running, 0)
         for _ in range(width):
             trial = self._next_trial()
             if trial is not None:
@@ -114,11 +142,45 @@ class SweepScheduler:
                 launches += [(trial, fold) for fold in folds]
         return launches
 
+    def _replayed(self, trial: Trial) -> bool:
+        return trial.number in self._replay
+
+    def _continue_study(self) -> list[Launch]:
+        """Adopt the trials an earlier run left in the study; returns their first folds."""
+        assert self.study is not None
+        launches: list[Launch] = []
+        earlier = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        for frozen in earlier:
+            values: Values = {"model": {}, "optim": {}}
+            for part, key, _ in self.search.space.items():
+                values[part][key] = frozen.params[f"{part}.{key}"]
+            trial = Trial(frozen.number, values, apply(self.base, values))
+            self.trials.append(trial)
+            state = frozen.state
+            if state == optuna.trial.TrialState.RUNNING:  # its process died: continue it
+                # Optuna's public way to reattach to a stored trial is its id, kept private.
+                trial.optuna_trial = optuna.Trial(self.study, frozen._trial_id)
+                launches.append((trial, 0))
+            elif state == optuna.trial.TrialState.FAIL:
+                trial.state = "failed"
+                trial.failure = str(frozen.user_attrs.get("failure", "failed in an earlier run"))
+            else:
+                done: TrialState = (
+                    "complete" if state == optuna.trial.TrialState.COMPLETE else "pruned"
+                )
+                self._replay[trial.number] = (done, max(len(frozen.intermediate_values), 1))
+                launches.append((trial, 0))
+        self._asked = len(earlier)
+        return launches
+
     def _next_trial(self) -> Trial | None:
         trial: Trial | None = None
         if self._queue:
             trial = self._queue.pop(0)
         elif self.study is not None and self._asked < self.total:
+            self.study.sampler = make_sampler(
+                self.seed, len(self.study.get_trials(deepcopy=False)), self.n_startup_trials
+            )
             asked = self.study.ask()
             self._asked += 1
             values = suggest_values(asked, self.search.space)
@@ -129,11 +191,15 @@ class SweepScheduler:
 
     def _finish(self, trial: Trial, state: TrialState) -> list[Launch]:
         trial.state = state
+        if self._replayed(trial):
+            return []  # Optuna knows its end already, and it held no slot
         if self.study is not None and trial.optuna_trial is not None:
             if state == "complete":
                 self.study.tell(trial.optuna_trial, trial.mean_score())
             else:
                 frozen = optuna.trial.TrialState.PRUNED if state == "pruned" else None
+                if trial.failure:
+                    trial.optuna_trial.set_user_attr("failure", trial.failure[:2000])
                 self.study.tell(trial.optuna_trial, state=frozen or optuna.trial.TrialState.FAIL)
         following = self._next_trial()
         return [(following, 0)] if following is not None and self.study is not None else []
@@ -150,8 +216,15 @@ class SweepScheduler:
             return []
         trial.scores[fold] = score
         trial.outcomes[fold] = outcome
+        if self._replayed(trial):
+            state, folds_done = self._replay[trial.number]
+            return [(trial, fold + 1)] if fold + 1 < folds_done else self._finish(trial, state)
         if trial.optuna_trial is not None:
-            trial.optuna_trial.report(trial.mean_score(), step=fold)
+            with warnings.catch_warnings():
+                # A continued trial reports its earlier folds again; Optuna keeps the first
+                # (equal) value and warns.
+                warnings.simplefilter("ignore")
+                trial.optuna_trial.report(trial.mean_score(), step=fold)
             if fold + 1 < self.folds and trial.optuna_trial.should_prune():
                 return self._finish(trial, "pruned")
         if len(trial.scores) < self.folds:

@@ -32,6 +32,7 @@ from digits.data.sources import (
     write_json_atomic,
 )
 from digits.errors import DataError
+from digits.files import disk_full, refuse_full_disk
 
 
 def _read_idx(path: Path, expected_ndim: int, work_dir: Path) -> np.ndarray:
@@ -204,7 +205,8 @@ def prepare(dataset: str, cfg: DataConfig) -> Path:
 
     out_dir = Path(cfg.root) / "prepared" / dataset
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{dataset}."))
+    with refuse_full_disk(out_dir):
+        tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{dataset}."))
     try:
         if dataset == "mnist":
             splits = _read_mnist(raw_dir, tmp_dir)
@@ -234,7 +236,10 @@ def prepare(dataset: str, cfg: DataConfig) -> Path:
             os.replace(out_dir, old)
         os.replace(with_default_mode(tmp_dir), out_dir)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        full = disk_full(error, out_dir) if isinstance(error, OSError) else None
+        if full is not None:
+            raise full from None
         raise
     return out_dir

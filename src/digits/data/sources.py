@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from digits.config import MIRRORS_ENV, DataConfig
 from digits.data import synthetic
 from digits.errors import DataError
+from digits.files import refuse_full_disk, write_atomic
 
 DATASETS = ("mnist", "svhn")
 RAW_RECORD = "checksums.json"
@@ -150,7 +151,8 @@ def _download(url: str, target: Path, timeout_s: float, retries: int) -> None:
                     leave=False, disable=None,
                 ) as progress:  # fmt: skip
                     while chunk := response.read(1 << 20):
-                        f.write(chunk)
+                        with refuse_full_disk(target.parent):  # not a network error: no retry
+                            f.write(chunk)
                         progress.update(len(chunk))
             if expected is not None and target.stat().st_size != int(expected):
                 raise http.client.IncompleteRead(b"", int(expected) - target.stat().st_size)
@@ -182,7 +184,8 @@ def _fetch(raw_file: RawFile, dataset: str, raw_dir: Path, cfg: DataConfig) -> P
             if _is_url(source):
                 _download(source, tmp, cfg.download_timeout_s, cfg.download_retries)
             elif Path(source).is_file():
-                shutil.copyfile(source, tmp)
+                with refuse_full_disk(destination):
+                    shutil.copyfile(source, tmp)
             else:
                 raise _SourceFailed("not found")
             try:
@@ -218,9 +221,7 @@ def with_default_mode(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -235,9 +236,10 @@ def _pull_synthetic_svhn(raw_dir: Path, cfg: DataConfig) -> list[Path]:
     shutil.rmtree(raw_dir, ignore_errors=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=".svhn."))
     try:
-        paths = synthetic.write_svhn_mat(
-            tmp_dir, cfg.svhn_synthetic_train, cfg.svhn_synthetic_test, SYNTHETIC_SEED
-        )
+        with refuse_full_disk(raw_dir):
+            paths = synthetic.write_svhn_mat(
+                tmp_dir, cfg.svhn_synthetic_train, cfg.svhn_synthetic_test, SYNTHETIC_SEED
+            )
         record = {
             "dataset": "svhn",
             "synthetic": True,

@@ -9,8 +9,11 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -20,19 +23,119 @@ from digits.errors import DigitsError
 T = TypeVar("T")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread, so that cleanup runs as for Ctrl-C."""
+
+    signal_number = signal.SIGTERM
+
+
+_pending: list[int] = []  # signals received inside `deferred_interrupts`, not yet raised
+_deferring = [0]
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _deferring[0] and not _pending:
+        _pending.append(signum)  # raised by `raise_if_interrupted` at the next safe point
+        return
+    raise _interrupt(signum)  # outside a deferring block, or a second signal: at once
+
+
+def handle_interrupts() -> None:
+    """Make Ctrl-C and SIGTERM unwind the program: `finally` blocks and context managers run.
+
+    Python's default for SIGTERM ends the process at once, which leaves MLflow runs RUNNING
+    and the temporary Prefect server listening. Call in the main thread (signals arrive there);
+    a flow calls it again inside (Prefect installs a SIGTERM handler of its own for the run).
+    """
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def reclaim_sigterm() -> None:
+    """Inside a flow run: take SIGTERM back from Prefect's handler, when `handle_interrupts` ran.
+
+    Prefect's own handler raises wherever the main thread is; this one can wait for a safe point.
+    """
+    try:
+        if signal.getsignal(signal.SIGINT) is _on_signal:
+            signal.signal(signal.SIGTERM, _on_signal)
+    except ValueError:  # not the main thread: signals are not ours to handle here
+        pass
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Inside, a first Ctrl-C or SIGTERM waits for `raise_if_interrupted` (a safe point).
+
+    An interruption raised in the middle of a library call (a task being serialised for Dask,
+    say) can be caught and wrapped by the library, and end as some other error. A loop that
+    calls `raise_if_interrupted` often (a sweep waiting on its tasks) raises it where it is safe.
+    Usable as a decorator.
+    """
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    raise_if_interrupted()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interruption received inside `deferred_interrupts`, if any."""
+    if _pending:
+        raise _interrupt(_pending.pop())
+
+
 def run_or_exit(action: Callable[[], T]) -> T:
-    """Run `action`; a DigitsError becomes one line on stderr and exit code 2."""
+    """Run `action`; a DigitsError becomes one line on stderr and exit code 2.
+
+    Ctrl-C and SIGTERM end in one line too, with the shell's exit code for the signal (130, 143).
+    """
     try:
         return action()
     except DigitsError as error:
         _fail(str(error))
-    except KeyboardInterrupt:
-        _fail("interrupted")
+    except Exception as error:
+        full = disk_full_cause(error)
+        if full is None:
+            raise
+        _fail(full)
+    except KeyboardInterrupt as interrupt:
+        number = getattr(interrupt, "signal_number", signal.SIGINT)
+        _fail(
+            f"interrupted ({signal.Signals(number).name}); runs in progress were ended KILLED. "
+            "Run the same command again to resume",
+            code=128 + number,
+        )
 
 
-def _fail(message: str) -> NoReturn:
+def disk_full_cause(error: BaseException) -> str | None:
+    """One line when `error`, or what caused it, is a full disk (a file, or SQLite's database).
+
+    Libraries wrap the `OSError` (MLflow's store raises SQLAlchemy's error around SQLite's), so
+    the chain of causes is searched.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {seen.filename}" if seen.filename else ""
+            return f"no space left on the device{where}; free some space and run the command again"
+        if "database or disk is full" in str(seen):
+            return (
+                "no space left on the device for the tracking database (SQLite: database or disk "
+                "is full); free some space and run the command again"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"digits: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def _pull(params: Params, dataset: str) -> None:
@@ -155,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    handle_interrupts()
     if args.command == "promote":
         run_or_exit(
             lambda: _promote(

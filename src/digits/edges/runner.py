@@ -12,6 +12,7 @@ Three placements, chosen from `compute` in params.yaml:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import urllib.request
@@ -100,13 +101,77 @@ def plan_placement(
     return Placement(kind="cpu", workers=workers, threads=threads)
 
 
+LOOPBACK = "127.0.0.1"  # every server started here binds to it: reachable from this machine only
+
+
+def dask_security(compute: ComputeConfig, address: str) -> Any:
+    """Dask's `Security` for connecting to `address`: TLS for `tls://`, None for plain `tcp://`.
+
+    Certificates come from `compute.dask_tls`, else from Dask's own configuration (its
+    `DASK_DISTRIBUTED__COMM__TLS__*` environment variables).
+
+    Raises:
+        DigitsError: a `tls://` address without certificates, or a certificate file missing.
+    """
+    from distributed.security import Security
+
+    if not address.startswith("tls://"):
+        if compute.dask_tls is not None:
+            raise DigitsError(
+                f"compute.dask_tls is set but the scheduler address {address} is not tls://; "
+                "use tls://host:port"
+            )
+        return None
+    tls = compute.dask_tls
+    if tls is None:
+        security = Security(require_encryption=True)
+        tls_settings = security.get_tls_config_for_role("client")
+        if not (tls_settings.get("ca_file") and tls_settings.get("cert")):
+            raise DigitsError(
+                f"scheduler {address} needs TLS certificates: set compute.dask_tls (ca_file, "
+                "cert, key) or Dask's DASK_DISTRIBUTED__COMM__TLS__CA_FILE and "
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"
+            )
+        return security
+    for name in ("ca_file", "cert", "key"):
+        path = getattr(tls, name)
+        if path is not None and not Path(path).is_file():
+            raise DigitsError(f"compute.dask_tls.{name}: no file at {path}")
+    return Security(
+        require_encryption=True,
+        tls_ca_file=str(tls.ca_file),
+        tls_client_cert=str(tls.cert),
+        tls_client_key=str(tls.key) if tls.key else None,
+    )
+
+
+def plain_tcp_warning(address: str) -> str | None:
+    """A warning for a plain `tcp://` scheduler off this machine: whoever reaches it runs code."""
+    host = address.removeprefix("tcp://").rsplit(":", 1)[0]
+    if address.startswith("tcp://") and host not in (LOOPBACK, "localhost", "::1", "[::1]"):
+        return (
+            f"the Dask scheduler {address} is reached over plain tcp://: anyone who can reach it "
+            "can run code on its workers and read what they send; use tls:// with "
+            "compute.dask_tls on an untrusted network"
+        )
+    return None
+
+
 def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> Any:
     """A `prefect_dask.DaskTaskRunner` for the placement `plan_placement` chooses."""
     from prefect_dask import DaskTaskRunner
 
     placement = placement or plan_placement(compute)
     if placement.kind == "address":
-        return DaskTaskRunner(address=placement.address)
+        assert placement.address is not None
+        security = dask_security(compute, placement.address)
+        warning = plain_tcp_warning(placement.address)
+        if warning:
+            logging.getLogger("digits").warning(warning)
+        return DaskTaskRunner(
+            address=placement.address,
+            client_kwargs={"security": security} if security is not None else {},
+        )
     if placement.kind == "cuda":
         try:
             import dask_cuda  # noqa: F401
@@ -117,12 +182,17 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             ) from None
         return DaskTaskRunner(
             cluster_class="dask_cuda.LocalCUDACluster",
-            cluster_kwargs={"n_workers": placement.workers, "threads_per_worker": 1},
+            cluster_kwargs={
+                "n_workers": placement.workers,
+                "threads_per_worker": 1,
+                "host": LOOPBACK,
+            },
         )
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             "n_workers": placement.workers,
+            "host": LOOPBACK,
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
@@ -253,8 +323,10 @@ def shared_prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            _drain_prefect_workers()
+            try:
+                yield server.api_url
+            finally:  # interrupted or not: afterwards nothing would listen to them
+                _drain_prefect_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         _TEMPORARY_APIS.discard(server.api_url)
@@ -310,6 +382,7 @@ class ProgressFeed:
         self._messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
         _LOCAL_TOPICS[topic] = self._messages
         client = getattr(task_runner, "client", None) if _is_dask(task_runner) else None
+        self._client = client
         if client is not None:
             client.subscribe_topic(topic, lambda event: self._messages.put(event[1]))
 
@@ -322,7 +395,11 @@ class ProgressFeed:
                 return out
 
     def close(self) -> None:
+        """Stop listening; let the workers send what Prefect still holds while the API listens."""
         _LOCAL_TOPICS.pop(self.topic, None)
+        if self._client is not None:
+            self._client.unsubscribe_topic(self.topic)
+            self._client.run(_drain_prefect_workers)
 
 
 def _is_dask(task_runner: Any) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,16 +31,60 @@ from digits.config import TrackingConfig
 from digits.errors import DigitsError
 
 CHAMPION_ALIAS = "champion"
+# Tags naming the process that owns a run, so a run left RUNNING by a process that no longer
+# exists can be told from one still being recorded elsewhere.
+PID_TAG, HOST_TAG, PROCESS_START_TAG = "digits.pid", "digits.host", "digits.process_start"
+STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _state: dict[str, str] = {}
+# Runs this process started and has not ended: ended KILLED when the process is interrupted.
+_open_runs: set[str] = set()
 
 
-def configure(cfg: TrackingConfig) -> str:
-    """Point MLflow at the store from params (or ``MLFLOW_TRACKING_URI``); returns the URI used."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+def configure(cfg: TrackingConfig, must_exist: bool = False) -> str:
+    """Point MLflow at the store from params (or ``MLFLOW_TRACKING_URI``); returns the URI used.
+
+    A new SQLite store is created only for the URI in params (its folder is made) or in a folder
+    that exists: a path into a missing folder is a typo, not a wish for an empty store.
+
+    Args:
+        cfg: The tracking settings.
+        must_exist: Refuse a SQLite store that does not exist yet (commands that only read).
+
+    Raises:
+        DigitsError: the URI has an unknown scheme, or names a store that is not there.
+    """
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = from_env or cfg.uri
+    source = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
+    scheme = uri.split(":", 1)[0] if "://" in uri or uri.startswith("sqlite:") else ""
+    if scheme and scheme.split("+")[0] not in STORE_SCHEMES:
+        raise DigitsError(
+            f"{source}={uri!r}: unknown MLflow store scheme {scheme!r}; use "
+            "sqlite:///path/mlflow.db (the default: sqlite:///mlruns/mlflow.db) or a server URL"
+        )
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise DigitsError(
+                f"{source}={uri!r}: a SQLite store is written sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            if must_exist:
+                raise DigitsError(
+                    f"{source}={uri!r}: no MLflow store at {database}; check the path (runs are "
+                    "recorded in sqlite:///mlruns/mlflow.db unless MLFLOW_TRACKING_URI says else)"
+                )
+            if from_env and not database.parent.is_dir():
+                raise DigitsError(
+                    f"MLFLOW_TRACKING_URI={uri!r}: folder {database.parent} does not exist; check "
+                    "the path, or create the folder to start a new store there"
+                )
+            database.parent.mkdir(parents=True, exist_ok=True)
     # A new SQLite store announces its table creation on stderr; it is routine, not news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if scheme == "sqlite" and Path(uri.removeprefix("sqlite:///")).is_file():
+        follow_moved_checkout(Path(uri.removeprefix("sqlite:///")), cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _state["uri"] = uri
@@ -47,6 +92,56 @@ def configure(cfg: TrackingConfig) -> str:
     _state["artifact_root"] = str(cfg.artifact_root)
     _state["ui_url"] = cfg.ui_url.rstrip("/")
     return uri
+
+
+# Where MLflow keeps artifact locations, by table and column (MLflow 3 schema).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+def follow_moved_checkout(database: Path, cfg: TrackingConfig) -> list[tuple[str, str]]:
+    """Point the artifact locations of a moved checkout's store at the artifacts beside it.
+
+    MLflow stores artifact locations as absolute paths (3.17 resolves a relative one against the
+    working directory when an experiment is created), so a checkout moved or copied elsewhere
+    lists its runs but looks for artifacts under the old path. For each experiment whose folder
+    is gone while `<artifact_root>/<experiment name>` exists here, the old prefix is replaced by
+    the new one in the store. MLflow has no API to change a location, hence plain SQL.
+
+    Returns:
+        The (old, new) prefixes replaced.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    moved: list[tuple[str, str]] = []
+    with sqlite3.connect(database) as db:
+        try:
+            experiments = db.execute("select name, artifact_location from experiments").fetchall()
+        except sqlite3.Error:  # not (yet) an MLflow store: nothing to follow
+            return moved
+        for name, location in experiments:
+            if not str(location).startswith("file://"):
+                continue
+            old_path = Path(unquote(urlparse(location).path))
+            here = (Path(cfg.artifact_root) / name).resolve()
+            if old_path.exists() or not here.is_dir() or old_path == here:
+                continue
+            new = here.as_uri()
+            for table, column in _LOCATION_COLUMNS:
+                db.execute(
+                    f"update {table} set {column} = ? || substr({column}, ?) "
+                    f"where substr({column}, 1, ?) = ?",
+                    (new, len(location) + 1, len(location), location),
+                )
+            moved.append((location, new))
+    for old, new in moved:
+        logging.getLogger("digits").warning("artifacts moved with the checkout: %s -> %s", old, new)
+    return moved
 
 
 def _experiment_id(name: str) -> str:
@@ -75,17 +170,27 @@ def start_run(
     tags: Mapping[str, Any] | None = None,
     nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    """A run in experiment ``<prefix>-<experiment>``; an exception inside marks it FAILED."""
+    """A run in experiment ``<prefix>-<experiment>``.
+
+    An exception inside marks it, and every run this process left open, FAILED; an interruption
+    (Ctrl-C, SIGTERM: a `BaseException` that is not an `Exception`) marks them KILLED.
+    """
     experiment_id = _experiment_id(experiment)
+    all_tags = {key: str(value) for key, value in (tags or {}).items()} | process_tags()
     with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name,
-        nested=nested,
-        tags={key: str(value) for key, value in (tags or {}).items()},
+        experiment_id=experiment_id, run_name=run_name, nested=nested, tags=all_tags
     ) as run:
-        if params:
-            mlflow.log_params(_clean_params(params))
-        yield run
+        try:
+            if params:
+                mlflow.log_params(_clean_params(params))
+            yield run
+        except Exception:
+            end_open_runs("FAILED")
+            raise
+        except BaseException:
+            end_open_runs("KILLED")
+            mlflow.end_run("KILLED")
+            raise
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -393,12 +498,13 @@ def create_run(
     """Start a RUNNING run (a child of `parent_run_id` when given); returns its id."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-    all_tags = {key: str(value) for key, value in (tags or {}).items()}
+    all_tags = {key: str(value) for key, value in (tags or {}).items()} | process_tags()
     all_tags[MLFLOW_RUN_NAME] = run_name
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     client = MlflowClient()
     run = client.create_run(_experiment_id(experiment), tags=all_tags, run_name=run_name)
+    _open_runs.add(str(run.info.run_id))
     if params:
         for key, value in _clean_params(params).items():
             client.log_param(run.info.run_id, key, value)
@@ -431,6 +537,79 @@ def end_run(run_id: str, status: str = "FINISHED", tags: Mapping[str, Any] | Non
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, str(value)[:5000])
     client.set_terminated(run_id, status=status)
+    _open_runs.discard(run_id)
+
+
+def end_open_runs(status: str = "KILLED") -> list[str]:
+    """End every run this process created with `create_run` and has not ended; returns their ids.
+
+    Called when the flow fails or is interrupted, so that no run it owned stays RUNNING.
+    """
+    ended = []
+    reason = "interrupted" if status == "KILLED" else "failed"
+    for run_id in sorted(_open_runs):
+        try:
+            end_run(run_id, status, {"end_reason": f"the flow recording it {reason}"})
+        except mlflow.exceptions.MlflowException:  # deleted meanwhile: nothing to end
+            _open_runs.discard(run_id)
+            continue
+        ended.append(run_id)
+    return ended
+
+
+def _process_start(pid: int) -> str | None:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """This process's pid, host and start time, as tags of the runs it owns."""
+    pid = os.getpid()
+    return {
+        PID_TAG: str(pid),
+        HOST_TAG: socket.gethostname(),
+        PROCESS_START_TAG: _process_start(pid) or "",
+    }
+
+
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process named by a run's tags has ended (on this host; else unknowable: False).
+
+    The start time tells a reused pid from the original process.
+    """
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    started = _process_start(int(tags[PID_TAG]))
+    return started is None or started != tags.get(PROCESS_START_TAG)
+
+
+def end_orphaned_runs(experiment: str) -> list[str]:
+    """End KILLED the RUNNING runs of `experiment` whose process on this host no longer exists.
+
+    A run killed with SIGKILL, or whose machine was lost, cannot end itself; the next run of the
+    study finds it here. Runs owned by another host, or by a live process, are left alone.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    found = mlflow.get_experiment_by_name(f"{_state.get('prefix', 'digits')}-{experiment}")
+    if found is None:
+        return []
+    client = MlflowClient()
+    running = client.search_runs(
+        [found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+    )
+    ended = []
+    for run in running:
+        if owner_is_gone(run.data.tags):
+            reason = f"process {run.data.tags[PID_TAG]} on {run.data.tags[HOST_TAG]} ended"
+            end_run(run.info.run_id, "KILLED", {"end_reason": reason})
+            ended.append(run.info.run_id)
+    return ended
 
 
 def active_run_id() -> str | None:
@@ -470,7 +649,9 @@ def register_model_in_run(
         The new version number in the registry, as a string.
     """
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return register_model(model, name, input_example, tags)
+        version = register_model(model, name, input_example, tags)
+    _open_runs.discard(run_id)
+    return version
 
 
 # ------------------------------------------------------------------------ links to the MLflow UI

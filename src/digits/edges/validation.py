@@ -1,10 +1,12 @@
 """Validate prepared MNIST / SVHN with Great Expectations (the only module that imports it).
 
-One expectation suite per dataset runs over one pandas table: a row per image from
-`metadata.parquet` (label, pixel min/max/mean, content hash) joined with array-level facts of its
-split (count, image shape, dtypes, class share, number of classes) and of the dataset (exact
-duplicate images shared by train and test). Results go to Great Expectations Data Docs under
-`<reports_dir>/<dataset>/data_docs/` and a plain `<reports_dir>/<dataset>/summary.json`.
+One expectation suite per dataset runs over one pandas table: a row per image of the prepared
+arrays (what training reads), with facts computed from those arrays at validation time (label,
+pixel min/max/mean, content hash, blank, constant), the label and hash `metadata.parquet` recorded
+for it at prepare time, array-level facts of its split (count, image shape, dtypes, class share,
+number of classes) and of the dataset (exact duplicate images shared by train and test: a leak).
+Results go to Great Expectations Data Docs under `<reports_dir>/<dataset>/data_docs/` and a plain
+`<reports_dir>/<dataset>/summary.json`; a failure names what was found (a leak, blank images...).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 
 from digits.config import DataConfig, ValidationConfig
 from digits.data.arrays import load_split, read_manifest
+from digits.data.prepare import image_metadata
 from digits.data.sources import IMAGE_SHAPES, METADATA
 from digits.errors import DataError
 
@@ -51,11 +54,14 @@ def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]
     """The table the suite validates, and the facts reported in the summary.
 
     Returns:
-        table: one row per image; metadata columns plus, per row, the facts of its split
-            (`split_rows`, `split_images`, `split_labels`, `image_shape`, `images_dtype`,
-            `labels_dtype`, `class_share`, `split_classes`), `array_label` (the label in the .npy
-            array), each split's size (`n_<split>_images`) and `cross_split_duplicates`.
-        facts: counts, class shares and duplicates, for the summary.
+        table: one row per image of the arrays: `split`, `index`, facts computed from the
+            arrays (`array_label`, `pixel_min`, `pixel_max`, `pixel_mean`, `content_hash`,
+            `blank`, `constant`), what `metadata.parquet` recorded for that index (`label`,
+            `metadata_hash`), the facts of its split (`split_rows` (metadata rows),
+            `split_images`, `split_labels`, `image_shape`, `images_dtype`, `labels_dtype`,
+            `class_share`, `split_classes`), each split's size (`n_<split>_images`) and
+            `cross_split_duplicates` (test images whose bytes occur in train).
+        facts: counts, class shares, duplicates, blank and constant images, for the summary.
     """
     manifest = read_manifest(dataset, root)
     path = Path(root) / "prepared" / dataset / METADATA
@@ -72,17 +78,29 @@ def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]
     parts, counts, shares = [], {}, {}
     for split in manifest["counts"]:
         images, labels = load_split(dataset, root, split)
-        part = metadata[metadata["split"] == split].sort_values("index").reset_index(drop=True)
-        n = len(part)
-        # Labels are taken from the array (what training reads); a metadata mismatch is flagged.
-        aligned = np.full(n, -1, dtype=np.int64)  # -1 marks rows with no label in the array
-        aligned[: min(n, len(labels))] = labels[:n]
-        array_labels = pd.Series(aligned)
+        recorded = metadata[metadata["split"] == split]
+        # One row per image of the arrays, its facts computed from the arrays themselves; -1
+        # marks an image without a label (the label array is shorter).
+        aligned = np.full(images.shape[0], -1, dtype=np.int64)
+        aligned[: min(len(aligned), len(labels))] = labels[: len(aligned)]
+        part = image_metadata(split, np.asarray(images), aligned).rename(
+            columns={"label": "array_label"}
+        )
+        part["blank"] = part["pixel_max"] == 0
+        part["constant"] = part["pixel_min"] == part["pixel_max"]
+        # What prepare recorded for the same index (missing where the arrays grew).
+        part = part.merge(
+            recorded[["index", "label", "content_hash"]].rename(
+                columns={"content_hash": "metadata_hash"}
+            ),
+            on="index",
+            how="left",
+        )
+        array_labels = part["array_label"]
         share = array_labels.value_counts(normalize=True)
-        part["array_label"] = array_labels.to_numpy()
         part["class_share"] = array_labels.map(share).to_numpy()
         part["split_classes"] = array_labels.nunique()
-        part["split_rows"] = n
+        part["split_rows"] = len(recorded)
         part["split_images"] = images.shape[0]
         part["split_labels"] = labels.shape[0]
         part["image_shape"] = "x".join(str(d) for d in images.shape[1:])
@@ -102,6 +120,8 @@ def build_table(dataset: str, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]
         "counts": counts,
         "class_shares": shares,
         "cross_split_duplicates": duplicates,
+        "blank_images": int(table["blank"].sum()),
+        "constant_images": int(table["constant"].sum()),
     }
     return table, facts
 
@@ -137,10 +157,19 @@ def _expectations(
         gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
         gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
         gxe.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=0, max_value=255),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="blank", value_set=[False], description="blank images (every pixel 0)"
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="constant",
+            value_set=[False],
+            description="constant images (every pixel the same value)",
+        ),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=DIGITS),
-        gxe.ExpectColumnValuesToBeInSet(column="array_label", value_set=DIGITS),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="array_label", value_set=DIGITS, description="labels out of range 0-9"
+        ),
         gxe.ExpectColumnDistinctValuesToEqualSet(column="array_label", value_set=DIGITS),
-        gxe.ExpectColumnPairValuesToBeEqual(column_A="label", column_B="array_label"),
         gxe.ExpectColumnValuesToBeInSet(column="split_classes", value_set=[10]),
         gxe.ExpectColumnValuesToBeBetween(
             column="class_share",
@@ -152,11 +181,25 @@ def _expectations(
             column="cross_split_duplicates",
             min_value=0,
             max_value=val_cfg.max_cross_split_duplicates[dataset],  # type: ignore[index]
+            description="train/test leak (test images also in train)",
         ),
     ]
     suite += [
         gxe.ExpectColumnValuesToBeInSet(column=f"n_{split}_images", value_set=[n])
         for split, n in counts.items()
+    ]
+    # Last, so that what was found in the arrays (a leak, blank images) is named first.
+    suite += [
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="label",
+            column_B="array_label",
+            description="labels in the arrays differ from metadata.parquet",
+        ),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="content_hash",
+            column_B="metadata_hash",
+            description="images in the arrays differ from those prepare recorded",
+        ),
     ]
     return suite
 
@@ -164,13 +207,15 @@ def _expectations(
 def _describe(result: dict[str, Any]) -> str:
     """One readable line for a failed expectation."""
     config = result["expectation_config"]
+    name = f"{config['description']}: " if config.get("description") else ""
     kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id",)}
     detail = result.get("result") or {}
     observed = detail.get("observed_value")
     if observed is None and "unexpected_count" in detail:
         examples = sorted(set(map(str, detail.get("partial_unexpected_list") or [])))[:5]
         observed = f"{detail['unexpected_count']} unexpected values, e.g. {', '.join(examples)}"
-    return f"{config['type']}({', '.join(f'{k}={v}' for k, v in kwargs.items())}): got {observed}"
+    call = f"{config['type']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    return f"{name}{call}: got {observed}"
 
 
 def validate(
@@ -288,7 +333,8 @@ def validate(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if failed:
         raise DataError(
-            f"{dataset} failed validation ({len(failed)} of {len(results)} checks; see "
-            f"{out_dir / 'summary.json'} and {docs_dir}/index.html): " + " | ".join(failed)
+            f"{dataset} failed validation: {' | '.join(failed)} ({len(failed)} of "
+            f"{len(results)} checks failed; see {out_dir / 'summary.json'} and "
+            f"{docs_dir}/index.html)"
         )
     return summary

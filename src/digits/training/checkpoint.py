@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from digits.files import refuse_full_disk
+
 
 @dataclass
 class TrainState:
@@ -44,12 +46,20 @@ class TrainState:
 
 
 def save_state(state: TrainState, path: Path) -> None:
-    """Write `state` to `path` atomically: a reader sees the previous checkpoint or this one."""
+    """Write `state` to `path` atomically: a reader sees the previous checkpoint or this one.
+
+    Raises:
+        DiskFull: the disk filled up; the previous checkpoint is left as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     try:
-        torch.save(state.__dict__, tmp)
-        os.replace(tmp, path)
+        with refuse_full_disk(path):
+            # Through a Python file, so that a failed write keeps its errno (torch's own file
+            # writer turns every failure into a RuntimeError).
+            with open(tmp, "wb") as stream:
+                torch.save(state.__dict__, stream)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
