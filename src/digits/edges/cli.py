@@ -99,8 +99,8 @@ def _predict(params: Params, reference: str, paths: list[Path], invert: str) -> 
         model = tracking.load_model(name, ref)
     except Exception as error:  # MLflow's errors for an unknown alias or version, a lost file
         raise DigitsError(f"cannot load model {name}{ref}: {str(error).splitlines()[0]}") from None
-    spec, background = model.unwrap_python_model().spec, model.unwrap_python_model().background
-    images = read_images(files, spec.image_shape, background, invert)  # type: ignore[arg-type]
+    fmt = model.unwrap_python_model().picture_format
+    images = read_images(files, fmt, invert)  # type: ignore[arg-type]
     table = model.predict(images)
     width = max(len(str(file)) for file in files)
     for file, digit, probability in zip(files, table["digit"], table["probability"], strict=True):
