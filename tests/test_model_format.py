@@ -127,7 +127,8 @@ def test_registered_model_loads_without_pickle(
 ) -> None:
     images = _mnist_like(5, seed=9)
     _forbid_pickle(monkeypatch)
-    served = tracking.load_model("tiny", "@champion")
+    served, folder = tracking.load_model("tiny", "@champion")
+    assert (folder / "artifacts" / "weights.safetensors").is_file()
     table = served.predict(images)
     expected = _probabilities(registered[0], images)
     assert list(table.columns[:2]) == ["digit", "probability"]

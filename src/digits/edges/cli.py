@@ -91,15 +91,16 @@ def _promote(
 def _predict(params: Params, reference: str, paths: list[Path], invert: str) -> None:
     from digits.edges import registry, tracking
     from digits.images import image_files, read_images
+    from digits.models.saved import SPEC_FILE, read_spec
 
     name, ref = registry.parse_reference(reference)
     files = [file for path in paths for file in image_files(path)]
     tracking.open_store(params.tracking)
     try:
-        model = tracking.load_model(name, ref)
+        model, folder = tracking.load_model(name, ref)
     except Exception as error:  # MLflow's errors for an unknown alias or version, a lost file
         raise DigitsError(f"cannot load model {name}{ref}: {str(error).splitlines()[0]}") from None
-    fmt = model.unwrap_python_model().picture_format
+    _, fmt = read_spec(folder / "artifacts" / SPEC_FILE)
     images = read_images(files, fmt, invert)  # type: ignore[arg-type]
     table = model.predict(images)
     width = max(len(str(file)) for file in files)
