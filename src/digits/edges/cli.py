@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict the digit in PNG/JPEG images with a registered model",
         description="Print each image's predicted digit and its probability. Images of any size "
-        "and colour are converted to the model's input (grey or colour, its size, and inverted "
-        "when their background is the opposite of its training images').",
+        "and colour are converted to look like the model's training images: grey or colour, "
+        "inverted when their background is the opposite, the digit cropped and centred at the "
+        "size it has there (plain backgrounds, as MNIST's), or resized whole.",
     )
     predict.add_argument(
         "--model", required=True, help="name@alias or name/version, e.g. mnist-mlp@champion"
