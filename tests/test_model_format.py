@@ -25,7 +25,7 @@ from digits.config import TrackingConfig
 from digits.edges import registry, tracking
 from digits.edges.cli import main
 from digits.errors import DigitsError
-from digits.images import image_files, read_image
+from digits.images import PictureFormat, image_files, picture_format, read_image
 from digits.models import build_classifier
 from digits.models.saved import classify, load_classifier, save_classifier
 
@@ -97,7 +97,9 @@ def test_saved_classifier_round_trips_without_pickle(
     images = _mnist_like(16)
     model = build_classifier("lenet5", {}, SHAPE, seed=3, train_images=images)
     weights, spec = save_classifier(model, tmp_path / "saved", examples=images)
-    assert json.loads(spec.read_text())["background"] == "dark"
+    content = json.loads(spec.read_text())
+    assert content["background"] == "dark"
+    assert content["ink_extent"] == pytest.approx(12 / 28, abs=0.01)  # the blobs are 12 high
     _forbid_pickle(monkeypatch)
     loaded = load_classifier(weights, spec)
     np.testing.assert_array_equal(_probabilities(loaded, images), _probabilities(model, images))
@@ -126,7 +128,8 @@ def test_registered_model_loads_without_pickle(
 ) -> None:
     images = _mnist_like(5, seed=9)
     _forbid_pickle(monkeypatch)
-    served = tracking.load_model("tiny", "@champion")
+    served, folder = tracking.load_model("tiny", "@champion")
+    assert (folder / "artifacts" / "weights.safetensors").is_file()
     table = served.predict(images)
     expected = _probabilities(registered[0], images)
     assert list(table.columns[:2]) == ["digit", "probability"]
@@ -140,19 +143,31 @@ def test_registered_model_loads_without_pickle(
 
 
 def test_a_dark_digit_on_white_colour_picture_becomes_an_mnist_image(tmp_path: Path) -> None:
-    picture = np.full((90, 60, 3), 255, dtype=np.uint8)  # white paper, tall, colour
-    picture[20:70, 25:35] = (20, 20, 200)  # a dark blue stroke
-    path = tmp_path / "seven.png"
+    picture = np.full((300, 200, 3), 255, dtype=np.uint8)  # white paper, tall, colour
+    picture[20:260, 80:120] = (20, 20, 200)  # a dark blue stroke, 240 high, off centre
+    path = tmp_path / "one.png"
     Image.fromarray(picture).save(path)
-    pixels = read_image(path, SHAPE, background="dark")
+    mnist = PictureFormat(SHAPE, "dark", ink_extent=20 / 28)
+    pixels = read_image(path, mnist)
     assert pixels.shape == SHAPE and pixels.dtype == np.uint8
-    assert pixels[0, 0, 0] == 0 and pixels[14, 14, 0] > 128  # inverted: light stroke on black
-    assert read_image(path, SHAPE, background="dark", invert="never")[0, 0, 0] == 255
+    assert pixels[0, 0, 0] == 0 and pixels[14, 14, 0] > 200  # inverted: light stroke on black
+    rows = np.nonzero(pixels[..., 0].max(axis=1) > 64)[0]
+    assert (rows.min(), rows.max()) == (4, 23)  # 20 of 28 pixels high, centred like MNIST's
+    kept = read_image(path, mnist, invert="never")
+    assert kept[0, 0, 0] == 255  # not inverted: paper stays white
     transparent = np.zeros((40, 40, 4), dtype=np.uint8)
     transparent[10:30, 18:22] = (0, 0, 0, 255)  # black ink, the rest transparent
     Image.fromarray(transparent, "RGBA").save(tmp_path / "ink.png")
-    ink = read_image(tmp_path / "ink.png", (32, 32, 3), background="light")
-    assert ink.shape == (32, 32, 3) and ink[0, 0].tolist() == [255, 255, 255]
+    ink = read_image(tmp_path / "ink.png", PictureFormat((32, 32, 3), "unknown"))
+    assert ink.shape == (32, 32, 3) and ink[0, 0].tolist() == [255, 255, 255]  # resized whole
+
+
+def test_picture_format_of_training_images() -> None:
+    mnist = _mnist_like(8)
+    assert picture_format(mnist).background == "dark"
+    assert picture_format(255 - mnist).background == "light"
+    mixed = np.concatenate([mnist[:4], 255 - mnist[4:]])
+    assert picture_format(mixed) == PictureFormat(SHAPE, "unknown", None)
 
 
 def test_image_files_and_their_errors(tmp_path: Path) -> None:
@@ -163,7 +178,7 @@ def test_image_files_and_their_errors(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in image_files(tmp_path)] == ["a.png", "b.JPG"]
     with pytest.raises(DigitsError, match="not a readable PNG or JPEG"):
-        read_image(tmp_path / "b.JPG", SHAPE)
+        read_image(tmp_path / "b.JPG", PictureFormat(SHAPE))
     with pytest.raises(DigitsError, match="no such file or folder"):
         image_files(tmp_path / "missing")
 
@@ -194,7 +209,8 @@ def test_cli_predict_prints_digit_and_probability_per_image(
     code, out, err = _cli(capsys, "predict", "--model", "tiny@champion", str(folder))
     assert code == 0, err
     files = image_files(folder)
-    converted = np.stack([read_image(f, SHAPE, background="dark") for f in files])
+    fmt = picture_format(_mnist_like(32)[:4])  # what the registered model was given
+    converted = np.stack([read_image(f, fmt) for f in files])
     digits, probabilities = classify(registered[0], converted)
     assert out == [
         f"{f!s:<{len(str(files[0]))}}  {d}  {probabilities[i, d]:.4f}"

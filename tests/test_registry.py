@@ -20,13 +20,24 @@ FULL = {"profile": "full", "test_set": "mnist:abc:test-all"}
 QUICK = {"profile": "quick", "test_set": "mnist:abc:test-2000-seed0"}
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    (tmp_path / "mlruns").mkdir()
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One store for the whole module (creating one takes seconds); each test its own model."""
+    root = tmp_path_factory.mktemp("registry")
+    (root / "mlruns").mkdir()
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.configure(TrackingConfig(artifact_root=root / "artifacts"))
+        _version("h", 0.9, FULL)  # the model the command-line mistakes are made on
     yield uri
+
+
+@pytest.fixture
+def store(shared_store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
+    tracking.configure(TrackingConfig())
+    yield shared_store
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
 
@@ -180,11 +191,11 @@ def test_engine_promotion_only_of_the_new_version(store: str) -> None:
 
 
 def test_set_alias_by_hand_and_unknown_version(store: str) -> None:
-    _version("h", 0.9, FULL)
-    registry.set_alias("h", "1", "challenger")
-    assert str(MlflowClient().get_model_version_by_alias("h", "challenger").version) == "1"
+    _version("hand", 0.9, FULL)
+    registry.set_alias("hand", "1", "challenger")
+    assert str(MlflowClient().get_model_version_by_alias("hand", "challenger").version) == "1"
     with pytest.raises(DigitsError, match="version '9' is not registered; known versions: 1"):
-        registry.set_alias("h", "9")
+        registry.set_alias("hand", "9")
     with pytest.raises(DigitsError, match="no registered model named 'nobody'"):
         registry.set_alias("nobody", "1")
 
@@ -208,7 +219,6 @@ def test_set_alias_by_hand_and_unknown_version(store: str) -> None:
 def test_cli_promote_mistakes_are_one_line_and_exit_2(
     store: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    _version("h", 0.9, FULL)
     code, _, err = _cli(capsys, *argv)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("digits: error: ") and message in err[0], err

@@ -194,16 +194,17 @@ def _promote(
 def _predict(params: Params, reference: str, paths: list[Path], invert: str) -> None:
     from digits.edges import registry, tracking
     from digits.images import image_files, read_images
+    from digits.models.saved import SPEC_FILE, read_spec
 
     name, ref = registry.parse_reference(reference)
     files = [file for path in paths for file in image_files(path)]
     tracking.open_store(params.tracking)
     try:
-        model = tracking.load_model(name, ref)
+        model, folder = tracking.load_model(name, ref)
     except Exception as error:  # MLflow's errors for an unknown alias or version, a lost file
         raise DigitsError(f"cannot load model {name}{ref}: {str(error).splitlines()[0]}") from None
-    spec, background = model.unwrap_python_model().spec, model.unwrap_python_model().background
-    images = read_images(files, spec.image_shape, background, invert)  # type: ignore[arg-type]
+    _, fmt = read_spec(folder / "artifacts" / SPEC_FILE)
+    images = read_images(files, fmt, invert)  # type: ignore[arg-type]
     table = model.predict(images)
     width = max(len(str(file)) for file in files)
     for file, digit, probability in zip(files, table["digit"], table["probability"], strict=True):
@@ -240,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict the digit in PNG/JPEG images with a registered model",
         description="Print each image's predicted digit and its probability. Images of any size "
-        "and colour are converted to the model's input (grey or colour, its size, and inverted "
-        "when their background is the opposite of its training images').",
+        "and colour are converted to look like the model's training images: grey or colour, "
+        "inverted when their background is the opposite, the digit cropped and centred at the "
+        "size it has there (plain backgrounds, as MNIST's), or resized whole.",
     )
     predict.add_argument(
         "--model", required=True, help="name@alias or name/version, e.g. mnist-mlp@champion"

@@ -30,7 +30,7 @@ class DigitClassifierModel(PythonModel):
 
         spec_path = Path(context.artifacts["spec"])
         self.model = load_classifier(Path(context.artifacts["weights"]), spec_path)
-        self.spec, self.background = read_spec(spec_path)
+        self.spec, self.picture_format = read_spec(spec_path)
 
     # np.ndarray is a hint MLflow takes without inferring a schema from it: the schema comes from
     # the input example (uint8 N×H×W×C), which MLflow enforces before this is called.

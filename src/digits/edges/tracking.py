@@ -430,14 +430,18 @@ def set_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
         client.set_model_version_tag(name, version, key, str(value)[:5000])
 
 
-def load_model(name: str, reference: str) -> Any:
-    """The pyfunc model `models:/<name>@<alias>` or `models:/<name>/<version>`.
+def load_model(name: str, reference: str) -> tuple[Any, Path]:
+    """The pyfunc model `models:/<name>@<alias>` or `models:/<name>/<version>`, and its folder.
 
     Args:
         name: Registered model name.
         reference: "@alias" or "/version".
+
+    Returns:
+        (the loaded model, the local folder of its files: `artifacts/spec.json` is there).
     """
-    return mlflow.pyfunc.load_model(f"models:/{name}{reference}")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}{reference}")
+    return mlflow.pyfunc.load_model(local), Path(local)
 
 
 def latest_run(experiment: str, tags: Mapping[str, str]) -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,34 +24,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from digits.errors import DigitsError
+from digits.images import PictureFormat, picture_format
 from digits.models import build_network, model_entry, parse_args
 from digits.models.pixels import ClassifierSpec, PixelClassifier
 
 FORMAT = "digits-pixel-classifier/1"
 WEIGHTS_FILE = "weights.safetensors"
 SPEC_FILE = "spec.json"
-Background = Literal["dark", "light", "unknown"]
-
-
-def background_of(images: np.ndarray) -> Background:
-    """Whether uint8 images (N, H, W, C) have a dark or a light background, judged by their border.
-
-    "unknown" when they disagree (SVHN has both), so a caller does not invert what it cannot judge.
-    """
-    borders = np.concatenate(
-        [
-            images[:, 0].reshape(len(images), -1),
-            images[:, -1].reshape(len(images), -1),
-            images[:, :, 0].reshape(len(images), -1),
-            images[:, :, -1].reshape(len(images), -1),
-        ],
-        axis=1,
-    ).mean(axis=1)  # (N,) mean border brightness, 0-255
-    if (borders < 64).all():
-        return "dark"
-    if (borders > 191).all():
-        return "light"
-    return "unknown"
 
 
 def save_classifier(
@@ -63,7 +42,8 @@ def save_classifier(
         model: A `PixelClassifier` made by `digits.models.build_classifier` (it carries its spec).
         directory: Created if missing.
         examples: A few uint8 (N, H, W, C) images it was trained on, from which the spec records
-            their background ("dark" for MNIST), so a picture can be brought to the same.
+            their background ("dark" for MNIST) and the digit's size in them, so a picture can
+            be brought to the same (`digits.images.PictureFormat`).
 
     Returns:
         (weights path, spec path).
@@ -79,13 +59,15 @@ def save_classifier(
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
     content: dict[str, Any] = {"format": FORMAT, **asdict(model.spec)}
-    content["background"] = background_of(examples) if examples is not None else "unknown"
+    if examples is not None:
+        fmt = picture_format(np.asarray(examples))
+        content |= {"background": fmt.background, "ink_extent": fmt.ink_extent}
     spec.write_text(json.dumps(content, indent=2) + "\n")
     return weights, spec
 
 
-def read_spec(path: Path) -> tuple[ClassifierSpec, Background]:
-    """The spec in `path` and the background of the images the model was trained on.
+def read_spec(path: Path) -> tuple[ClassifierSpec, PictureFormat]:
+    """The spec in `path`, and what the images the model was trained on look like.
 
     Raises:
         DigitsError: the file is not a spec of this format.
@@ -104,7 +86,13 @@ def read_spec(path: Path) -> tuple[ClassifierSpec, Background]:
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DigitsError(f"{path} is not a saved digits model spec: {error}") from None
-    return spec, content.get("background", "unknown")
+    extent = content.get("ink_extent")
+    fmt = PictureFormat(
+        spec.image_shape,
+        content.get("background", "unknown"),
+        None if extent is None else float(extent),
+    )
+    return spec, fmt
 
 
 def load_classifier(weights: Path, spec_path: Path) -> PixelClassifier:
