@@ -10,7 +10,6 @@ take (not an MLP, augmented) are submitted one by one as today.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from digits.edges.runner import set_prefect_defaults
@@ -100,8 +99,12 @@ def train_pack(
     )
 
 
-def fold_outcomes(future: Future[Any] | Any, fits: int) -> list[Any]:
-    """Per fit of a finished task: its result or its exception (the task's own for all of them)."""
+def fold_outcomes(future: Any, fits: int) -> list[Any]:
+    """Per fit of a finished task (a Prefect future): its result, or the exception it ended with.
+
+    A pack's result is its list of outcomes; a single fold's task gives one. A task that failed
+    as a whole, after its retries, fails every fit it trained.
+    """
     try:
         result = future.result()
     except Exception as error:  # the task failed as a whole (after its retries)
