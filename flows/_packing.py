@@ -10,7 +10,6 @@ take (not an MLP, augmented) are submitted one by one as today.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from digits.edges.runner import set_prefect_defaults
@@ -26,7 +25,13 @@ from digits.edges.runner import Placement, configure_worker_threads
 from digits.errors import TrainingDiverged
 from digits.sweep import Launch
 from digits.training.loop import select_device
-from digits.training.packed import PackedFit, StopTrial, evaluate_folds_packed
+from digits.training.packed import (
+    PackedFit,
+    StopTrial,
+    can_pack,
+    evaluate_folds_packed,
+    mlp_args,
+)
 from digits.training.recipe import FoldResult
 
 if TYPE_CHECKING:
@@ -59,10 +64,15 @@ def split_packs(launches: list[Launch], workers: int) -> list[list[Launch]]:
     widths (a GPU pads a pack's widths to its widest). Sizes are equal rather than arithmetic:
     a packed step on a GPU costs about the same for any of these widths.
     """
-    ordered = sorted(launches, key=lambda launch: int(launch[0].recipe.model.args.get("width", 0)))
+    ordered = sorted(launches, key=lambda launch: width(launch[0].recipe))
     n = min(max(workers, 1), len(ordered))
     bounds = [round(i * len(ordered) / n) for i in range(n + 1)] if n else []
     return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def width(recipe: Recipe) -> int:
+    """An MLP's width (its default when the recipe leaves it out); 0 for other models."""
+    return mlp_args(recipe).width if can_pack(recipe) else 0
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -89,8 +99,12 @@ def train_pack(
     )
 
 
-def fold_outcomes(future: Future[Any] | Any, fits: int) -> list[Any]:
-    """Per fit of a finished task: its result or its exception (the task's own for all of them)."""
+def fold_outcomes(future: Any, fits: int) -> list[Any]:
+    """Per fit of a finished task (a Prefect future): its result, or the exception it ended with.
+
+    A pack's result is its list of outcomes; a single fold's task gives one. A task that failed
+    as a whole, after its retries, fails every fit it trained.
+    """
     try:
         result = future.result()
     except Exception as error:  # the task failed as a whole (after its retries)

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from digits.config import Recipe
 from digits.errors import TrainingDiverged
-from digits.models import build_classifier
+from digits.models import build_classifier, parse_args
+from digits.models.mlp import MLPArgs
 from digits.models.pixels import PixelClassifier
 from digits.training.loop import EpochStats, autocast
 from digits.training.recipe import FoldResult
@@ -103,12 +104,19 @@ def can_pack(recipe: Recipe) -> bool:
     )
 
 
+def mlp_args(recipe: Recipe) -> MLPArgs:
+    """The MLP arguments of a packable recipe, its defaults filled in."""
+    args = parse_args(recipe.model.name, recipe.model.args)
+    assert isinstance(args, MLPArgs)
+    return args
+
+
 def stack_key(recipe: Recipe) -> tuple[object, ...]:
     """Settings trials must share to take the same steps together (width and rate may differ)."""
     optim = recipe.optim
     momentum = optim.momentum if optim.optimizer == "sgd" else 0.0
     return (
-        recipe.model.args.get("depth", 3),
+        mlp_args(recipe).depth,
         optim.batch_size,
         optim.optimizer,
         momentum,
@@ -153,7 +161,7 @@ class _Stack:
         self.n_batches = n_batches
         self.device = device
         first = members[0].fit.recipe
-        self.depth = int(first.model.args.get("depth", 3))
+        self.depth = mlp_args(first).depth
         self.batch_size = first.optim.batch_size
         self.optimizer = first.optim.optimizer
         self.momentum = first.optim.momentum
@@ -440,7 +448,7 @@ def _members(fits: Sequence[PackedFit], images: Tensor, device: torch.device) ->
         assert isinstance(model, PixelClassifier)
         if model.channels != images.shape[-1] or model.side != images.shape[1]:
             raise ValueError(f"fit {position}: packed MLPs take the images as they are")
-        args = fit.recipe.model.args
+        args = mlp_args(fit.recipe)
         members.append(
             _Member(
                 position=position,
@@ -450,9 +458,9 @@ def _members(fits: Sequence[PackedFit], images: Tensor, device: torch.device) ->
                 val_idx=_index(fit.val_idx, device) if fit.val_idx is not None else None,
                 order=torch.Generator(device=device).manual_seed(fit.seed),
                 dropout=torch.Generator(device=device).manual_seed(fit.seed),
-                width=int(args.get("width", 256)),
-                p=float(args.get("dropout", 0.0)),
-                activation=str(args.get("activation", "relu")),
+                width=args.width,
+                p=args.dropout,
+                activation=args.activation,
             )
         )
     return members
