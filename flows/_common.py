@@ -324,7 +324,7 @@ class Engine:
             base,
             folds,
             self.params.seed,
-            slots=self.slots * _packing.OPTUNA_TRIALS_PER_PACK if packing else self.slots,
+            slots=_packing.trials_in_flight(self.slots, packing),
             study=study,
             parallel_folds=packing,
         )

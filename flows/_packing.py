@@ -51,9 +51,14 @@ def packing_enabled(compute: ComputeConfig, placement: Placement) -> bool:
     return placement.kind == "cuda"
 
 
-def trials_in_flight(placement: Placement, packing: bool) -> int:
-    """Trials the scheduler keeps running at once for Optuna (grid and random launch all)."""
-    workers = max(placement.workers, 1)
+def trials_in_flight(slots: int, packing: bool) -> int:
+    """Trials the scheduler keeps running at once for Optuna (grid and random launch all).
+
+    Args:
+        slots: Tasks the cluster runs at once (`digits.edges.runner.task_slots`).
+        packing: Whether the fits that share a worker are packed into one task.
+    """
+    workers = max(slots, 1)
     return workers * OPTUNA_TRIALS_PER_PACK if packing else workers
 
 

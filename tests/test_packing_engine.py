@@ -24,8 +24,10 @@ def test_auto_packs_on_gpus_only_and_params_can_force_it() -> None:
     assert packing_enabled(ComputeConfig(), gpus)
     assert packing_enabled(ComputeConfig(packing="on"), cpu)
     assert not packing_enabled(ComputeConfig(packing="off"), gpus)
-    assert trials_in_flight(gpus, packing=False) == 4
-    assert trials_in_flight(gpus, packing=True) > 4  # Optuna: enough trials to fill the packs
+    assert trials_in_flight(gpus.workers, packing=False) == 4
+    assert (
+        trials_in_flight(gpus.workers, packing=True) > 4
+    )  # Optuna: enough trials to fill the packs
 
 
 def test_an_unknown_packing_mode_is_refused_by_name() -> None:
