@@ -7,6 +7,8 @@ A flow says which study, which tasks, which data; this module does the rest once
   resuming from their last epoch checkpoint when retried;
 * `Engine.sweep`: drives `digits.sweep.SweepScheduler` (grid, random, Optuna with pruning) over
   as many workers as the cluster has, one MLflow run per trial, its curves live as epochs finish;
+  an interrupted sweep resumes (finished folds and the Optuna study from
+  `digits.edges.resume.SweepStore`), and Ctrl-C / SIGTERM are raised where it waits;
 * `Engine.final`: trains a recipe on all training images, scores the test set once, records it;
 * `Engine.register`: registers the model (raw uint8 pixels in) and promotes it when it is better;
 * `main`: argv, the shared Prefect API, the Dask task runner, one-line errors.
@@ -337,7 +339,7 @@ class Engine:
         startup: float | None = None
         progress = tqdm(total=scheduler.total * folds, desc="cv folds", unit="fold")
 
-        def launch(trial: Trial, fold: int) -> None:
+        def trial_run(trial: Trial) -> str:
             if trial.number not in run_ids:
                 run_ids[trial.number] = tracking.create_run(
                     self.experiment,
@@ -346,6 +348,10 @@ class Engine:
                     tags={**self.tags, "trial": trial.number, "stage": "trial"},
                     parent_run_id=parent,
                 )
+            return run_ids[trial.number]
+
+        def launch(trial: Trial, fold: int) -> None:
+            trial_run(trial)
             stored = store.fold_result(trial.recipe.model_dump_json(), fold)
             if stored is not None:  # finished before an interruption: not trained again
                 self._log_curve(run_ids[trial.number], f"fold{fold}/", stored.history)
@@ -373,15 +379,7 @@ class Engine:
             active[future] = (trial, fold)
 
         def finish(trial: Trial) -> None:
-            if trial.number not in run_ids:  # failed in an earlier run: recorded, never launched
-                run_ids[trial.number] = tracking.create_run(
-                    self.experiment,
-                    trial.name,
-                    params={**recipe_params(trial.recipe), "folds": folds},
-                    tags={**self.tags, "trial": trial.number, "stage": "trial"},
-                    parent_run_id=parent,
-                )
-            run_id = run_ids[trial.number]
+            run_id = trial_run(trial)  # a trial failed before a resume is never launched
             closing = {"folds_from_earlier_run": from_store.get(trial.number, 0)}
             if trial.state == "failed":
                 progress.update(max(folds - len(trial.scores) - 1, 0))
@@ -460,7 +458,7 @@ class Engine:
         )
 
     def sweep_store(self, search: SearchConfig, base: Recipe, folds: int) -> SweepStore:
-        """Where this sweep keeps finished folds and its study, keyed on all its results hang on."""
+        """Where this sweep keeps finished folds and its study, keyed on what its results need."""
         key = sweep_key(
             experiment=self.experiment,
             data=[self.checksum, self.data.train_subset, self.data.test_subset, self.data.extra],
