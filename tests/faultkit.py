@@ -103,10 +103,19 @@ def finish(process: subprocess.Popen[str], timeout: float = 600) -> tuple[int, s
     return process.returncode, output
 
 
-def kill_group(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the flow and every process it started (a lost machine)."""
+def kill_group(process: subprocess.Popen[str]) -> list[Any]:
+    """SIGKILL the flow and its process group (a lost machine); returns the processes left.
+
+    The temporary Prefect server runs in a session of its own (out of reach of a terminal's
+    Ctrl-C); the kernel ends it when the flow dies.
+    """
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    return list(alive)
 
 
 def run_states(workdir: Path) -> dict[str, str]:
