@@ -57,7 +57,8 @@ def interrupt(workdir: Path, how: str) -> None:
     """Start the flow, interrupt it `how` once one more fold has finished."""
     before = faultkit.stored_folds(workdir)
     flow = faultkit.start_flow(workdir)
-    faultkit.wait_for_folds(flow, workdir, more_than=before)
+    sigkill = how.startswith("SIGKILL")
+    faultkit.wait_for_folds(flow, workdir, more_than=before, mid_training=sigkill)
     injected[how] += 1
     if how == "SIGKILL (flow and all it started)":
         left_behind.extend(faultkit.kill_group(flow))

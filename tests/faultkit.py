@@ -83,13 +83,21 @@ def stored_folds(workdir: Path) -> int:
 
 
 def wait_for_folds(
-    process: subprocess.Popen[str], workdir: Path, more_than: int, timeout: float = 300
+    process: subprocess.Popen[str],
+    workdir: Path,
+    more_than: int,
+    timeout: float = 300,
+    mid_training: bool = False,
 ) -> int:
-    """Wait until the store holds more than `more_than` folds; returns the count."""
+    """Wait until the store holds more than `more_than` folds; returns the count.
+
+    With `mid_training`, also until a task is mid-training: with one worker, Optuna is never
+    drawing a trial then (it draws between trials), so a kill there leaves every draw whole.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         count = stored_folds(workdir)
-        if count > more_than:
+        if count > more_than and (not mid_training or training_now(workdir)):
             return count
         if process.poll() is not None:
             raise AssertionError(f"the flow ended first (rc {process.returncode})")

@@ -155,3 +155,17 @@ def test_the_sweep_key_changes_with_the_core_code_and_not_with_the_edges(tmp_pat
     (package / "training" / "loop.py").write_text("A = 2\n")
     assert code_fingerprint(package) != before
     assert sweep_key(seed=0, folds=3) == sweep_key(folds=3, seed=0) != sweep_key(seed=1, folds=3)
+
+
+def test_a_trial_killed_while_being_drawn_is_drawn_to_the_end() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = make_study(0, storage=storage, name="s")
+    asked = study.ask()
+    asked.suggest_categorical("model.width", [8, 16, 32])  # killed before the other two
+    resumed = SweepScheduler(
+        SEARCH, BASE, FOLDS, seed=0, slots=1, study=make_study(0, storage=storage, name="s")
+    )
+    ((trial, fold),) = resumed.start()
+    assert (trial.number, fold) == (0, 0)
+    assert set(trial.values["model"]) == {"width", "activation"} and "lr" in trial.values["optim"]
+    assert trial.values["model"]["width"] == asked.params["model.width"]  # what was drawn stays
