@@ -469,6 +469,7 @@ class Engine:
             device=self.placement.kind,
         )
         store = SweepStore(self.params.compute.checkpoint_dir, key)
+        store.claim()
         self._stores.append(store)
         return store
 
