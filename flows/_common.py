@@ -7,6 +7,8 @@ A flow says which study, which tasks, which data; this module does the rest once
   resuming from their last epoch checkpoint when retried;
 * `Engine.sweep`: drives `digits.sweep.SweepScheduler` (grid, random, Optuna with pruning) over
   as many workers as the cluster has, one MLflow run per trial, its curves live as epochs finish;
+  an interrupted sweep resumes (finished folds and the Optuna study from
+  `digits.edges.resume.SweepStore`), and Ctrl-C / SIGTERM are raised where it waits;
 * `Engine.final`: trains a recipe on all training images, scores the test set once, records it;
 * `Engine.register`: registers the model (raw uint8 pixels in) and promotes it when it is better;
 
@@ -341,7 +343,7 @@ class Engine:
         startup: float | None = None
         progress = tqdm(total=scheduler.total * folds, desc="cv folds", unit="fold")
 
-        def launch(trial: Trial, fold: int) -> None:
+        def trial_run(trial: Trial) -> str:
             if trial.number not in run_ids:
                 run_ids[trial.number] = tracking.create_run(
                     self.experiment,
@@ -350,6 +352,10 @@ class Engine:
                     tags={**self.tags, "trial": trial.number, "stage": "trial"},
                     parent_run_id=parent,
                 )
+            return run_ids[trial.number]
+
+        def launch(trial: Trial, fold: int) -> None:
+            trial_run(trial)
             stored = store.fold_result(trial.recipe.model_dump_json(), fold)
             if stored is not None:  # finished before an interruption: not trained again
                 self._log_curve(run_ids[trial.number], f"fold{fold}/", stored.history)
@@ -358,7 +364,6 @@ class Engine:
                 return
             if packing and can_pack(trial.recipe):
                 queued.append((trial, fold))
-                return
                 return
             fold_task = train_fold.with_options(
                 task_run_name=f"{trial.name} fold {fold + 1}/{folds}", **self.retries
@@ -400,15 +405,7 @@ class Engine:
             queued.clear()
 
         def finish(trial: Trial) -> None:
-            if trial.number not in run_ids:  # failed in an earlier run: recorded, never launched
-                run_ids[trial.number] = tracking.create_run(
-                    self.experiment,
-                    trial.name,
-                    params={**recipe_params(trial.recipe), "folds": folds},
-                    tags={**self.tags, "trial": trial.number, "stage": "trial"},
-                    parent_run_id=parent,
-                )
-            run_id = run_ids[trial.number]
+            run_id = trial_run(trial)  # a trial failed before a resume is never launched
             closing = {"folds_from_earlier_run": from_store.get(trial.number, 0)}
             if trial.state == "failed":
                 progress.update(max(folds - len(trial.scores) - 1, 0))
@@ -493,7 +490,7 @@ class Engine:
     def sweep_store(
         self, search: SearchConfig, base: Recipe, folds: int, packing: bool = False
     ) -> SweepStore:
-        """Where this sweep keeps finished folds and its study, keyed on all its results hang on."""
+        """Where this sweep keeps finished folds and its study, keyed on what its results need."""
         key = sweep_key(
             experiment=self.experiment,
             data=[self.checksum, self.data.train_subset, self.data.test_subset, self.data.extra],
@@ -505,6 +502,7 @@ class Engine:
             packing=packing,  # a packed fit equals an unpacked one within float tolerance only
         )
         store = SweepStore(self.params.compute.checkpoint_dir, key)
+        store.claim()
         self._stores.append(store)
         return store
 

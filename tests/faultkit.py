@@ -83,13 +83,21 @@ def stored_folds(workdir: Path) -> int:
 
 
 def wait_for_folds(
-    process: subprocess.Popen[str], workdir: Path, more_than: int, timeout: float = 300
+    process: subprocess.Popen[str],
+    workdir: Path,
+    more_than: int,
+    timeout: float = 300,
+    mid_training: bool = False,
 ) -> int:
-    """Wait until the store holds more than `more_than` folds; returns the count."""
+    """Wait until the store holds more than `more_than` folds; returns the count.
+
+    With `mid_training`, also until a task is mid-training: with one worker, Optuna is never
+    drawing a trial then (it draws between trials), so a kill there leaves every draw whole.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         count = stored_folds(workdir)
-        if count > more_than:
+        if count > more_than and (not mid_training or training_now(workdir)):
             return count
         if process.poll() is not None:
             raise AssertionError(f"the flow ended first (rc {process.returncode})")
@@ -103,10 +111,19 @@ def finish(process: subprocess.Popen[str], timeout: float = 600) -> tuple[int, s
     return process.returncode, output
 
 
-def kill_group(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the flow and every process it started (a lost machine)."""
+def kill_group(process: subprocess.Popen[str]) -> list[Any]:
+    """SIGKILL the flow and its process group (a lost machine); returns the processes left.
+
+    The temporary Prefect server runs in a session of its own (out of reach of a terminal's
+    Ctrl-C); the kernel ends it when the flow dies.
+    """
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    return list(alive)
 
 
 def run_states(workdir: Path) -> dict[str, str]:

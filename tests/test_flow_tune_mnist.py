@@ -43,7 +43,13 @@ def tiny_study(
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["root"] = str(data_cfg.root)
     raw["tracking"]["artifact_root"] = str(tmp_path / "mlruns" / "artifacts")
-    raw["compute"].update(device="cpu", cpu_workers=2, task_retries=1, retry_delay_s=0)
+    raw["compute"].update(
+        device="cpu",
+        cpu_workers=2,
+        task_retries=1,
+        retry_delay_s=0,
+        checkpoint_dir=str(tmp_path / ".checkpoints"),
+    )
     raw["mnist"].update(folds=2, registered_model="tiny-mlp")
     raw["mnist"]["recipe"]["model"]["args"].update(width=16)
     raw["mnist"]["recipe"]["optim"].update(epochs=2, batch_size=64)

@@ -52,8 +52,8 @@ def test_sigterm_then_sigkill_then_rerun_resumes_to_the_uninterrupted_result(
 
     # 2. The same command, SIGKILLed with everything it started once another fold finished.
     flow = faultkit.start_flow(tmp_path)
-    faultkit.wait_for_folds(flow, tmp_path, more_than=done_after_term)
-    faultkit.kill_group(flow)
+    faultkit.wait_for_folds(flow, tmp_path, more_than=done_after_term, mid_training=True)
+    assert faultkit.kill_group(flow) == []  # the Prefect server did not outlive the flow
     states = faultkit.run_states(tmp_path)
     assert "RUNNING" in states.values()  # nobody could end them
     done_after_kill = faultkit.stored_folds(tmp_path)

@@ -155,3 +155,60 @@ def test_the_sweep_key_changes_with_the_core_code_and_not_with_the_edges(tmp_pat
     (package / "training" / "loop.py").write_text("A = 2\n")
     assert code_fingerprint(package) != before
     assert sweep_key(seed=0, folds=3) == sweep_key(folds=3, seed=0) != sweep_key(seed=1, folds=3)
+
+
+def test_a_trial_killed_while_being_drawn_is_drawn_to_the_end() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = make_study(0, storage=storage, name="s")
+    asked = study.ask()
+    asked.suggest_categorical("model.width", [8, 16, 32])  # killed before the other two
+    resumed = SweepScheduler(
+        SEARCH, BASE, FOLDS, seed=0, slots=1, study=make_study(0, storage=storage, name="s")
+    )
+    ((trial, fold),) = resumed.start()
+    assert (trial.number, fold) == (0, 0)
+    assert set(trial.values["model"]) == {"width", "activation"} and "lr" in trial.values["optim"]
+    assert trial.values["model"]["width"] == asked.params["model.width"]  # what was drawn stays
+
+
+def test_a_sweep_killed_holding_optunas_lock_resumes_and_a_live_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from digits.edges.tracking import PID_TAG, process_tags
+    from digits.errors import DigitsError
+
+    store = SweepStore(tmp_path, "k")
+    store.claim()
+    make_study(0, storage=store.study_storage(), name="sweep").ask()
+    # As a writer SIGKILLed inside Optuna's journal append leaves them:
+    dead = subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert dead.returncode == 0
+    owner = {**process_tags(), PID_TAG: "999999999"}
+    (store.directory / "owner.json").write_text(json.dumps(owner))
+    os.symlink("elsewhere/study.journal", store.directory / "study.journal.lock")
+
+    again = SweepStore(tmp_path, "k")
+    again.claim()  # the dead writer's lock is dropped, or the next append would wait for good
+    study = make_study(0, storage=again.study_storage(), name="sweep")
+    study.tell(study.trials[0].number, 0.5)
+    assert [t.value for t in make_study(0, storage=again.study_storage(), name="sweep").trials] == [
+        0.5
+    ]
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import psutil
+
+        started = f"{psutil.Process(live.pid).create_time():.2f}"
+        owner = {**process_tags(), PID_TAG: str(live.pid), "digits.process_start": started}
+        (store.directory / "owner.json").write_text(json.dumps(owner))
+        with pytest.raises(DigitsError, match=rf"already running \(process {live.pid} on"):
+            SweepStore(tmp_path, "k").claim()
+    finally:
+        live.kill()
+        live.wait()

@@ -95,3 +95,35 @@ def test_a_moved_checkout_still_opens_its_artifacts(
     artifact_uri = MlflowClient().get_run(run_id).info.artifact_uri
     assert artifact_uri.startswith(after.resolve().as_uri())
     assert mlflow.artifacts.load_dict(f"{artifact_uri}/report.json") == {"accuracy": 0.9}
+
+
+@pytest.fixture
+def our_signal_handlers():  # type: ignore[no-untyped-def]
+    import signal
+
+    from digits.edges import cli
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    cli.handle_interrupts()
+    yield cli
+    signal.signal(signal.SIGINT, previous[0])
+    signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_sigterm_inside_a_deferring_block_waits_for_the_safe_point(our_signal_handlers) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import time
+
+    cli = our_signal_handlers
+    reached = []
+    with pytest.raises(cli.Terminated), cli.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler has run by now, and raised nothing here
+        reached.append("after the signal")
+        cli.raise_if_interrupted()
+        reached.append("never")
+    assert reached == ["after the signal"]
+    with pytest.raises(KeyboardInterrupt):  # outside a deferring block: at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)

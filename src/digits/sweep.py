@@ -151,15 +151,24 @@ class SweepScheduler:
         launches: list[Launch] = []
         earlier = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
         for frozen in earlier:
-            values: Values = {"model": {}, "optim": {}}
-            for part, key, _ in self.search.space.items():
-                values[part][key] = frozen.params[f"{part}.{key}"]
-            trial = Trial(frozen.number, values, apply(self.base, values))
-            self.trials.append(trial)
             state = frozen.state
+            reattached = None
             if state == optuna.trial.TrialState.RUNNING:  # its process died: continue it
                 # Optuna's public way to reattach to a stored trial is its id, kept private.
-                trial.optuna_trial = optuna.Trial(self.study, frozen._trial_id)
+                reattached = optuna.Trial(self.study, frozen._trial_id)
+                # Killed while its values were being drawn, some are missing: draw them now
+                # (the stored ones are kept). Only then can its draw differ from an
+                # uninterrupted sweep's; none of its folds had started.
+                self.study.sampler = make_sampler(self.seed, frozen.number, self.n_startup_trials)
+                values = suggest_values(reattached, self.search.space)
+            else:
+                values = {"model": {}, "optim": {}}
+                for part, key, _ in self.search.space.items():
+                    values[part][key] = frozen.params[f"{part}.{key}"]
+            trial = Trial(frozen.number, values, apply(self.base, values))
+            self.trials.append(trial)
+            if reattached is not None:
+                trial.optuna_trial = reattached
                 launches.append((trial, 0))
             elif state == optuna.trial.TrialState.FAIL:
                 trial.state = "failed"

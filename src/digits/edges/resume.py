@@ -25,6 +25,7 @@ from typing import Any
 
 import optuna
 
+from digits.errors import DigitsError
 from digits.files import write_atomic
 from digits.training.recipe import FoldResult
 
@@ -85,13 +86,39 @@ class SweepStore:
         """How many fold results are stored."""
         return len(list((self.directory / "folds").glob("*.json")))
 
+    def claim(self) -> None:
+        """Make this process the sweep's one writer; a killed earlier writer's lock is dropped.
+
+        Raises:
+            DigitsError: the sweep is being run by another live process on this host.
+        """
+        from digits.edges.tracking import owner_is_gone, process_tags
+
+        owner_file = self.directory / "owner.json"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            owner = json.loads(owner_file.read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner and owner != process_tags() and not owner_is_gone(owner):
+            raise DigitsError(
+                f"this sweep is already running (process {owner.get('digits.pid')} on "
+                f"{owner.get('digits.host')}); wait for it to end, or end it, and run again"
+            )
+        # Optuna's journal lock of a writer that was killed holding it would block for good.
+        (self.directory / "study.journal.lock").unlink(missing_ok=True)
+        write_atomic(owner_file, json.dumps(process_tags()).encode())
+
     def study_storage(self) -> optuna.storages.BaseStorage:
         """Optuna's journal storage in this sweep's folder (created on first use)."""
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(self.directory / "study.journal")))
+        # An absolute path: Optuna's lock is a symlink to the journal, and a relative target
+        # would dangle (its stale-lock timeout then never starts).
+        journal = (self.directory / "study.journal").resolve()
+        return JournalStorage(JournalFileBackend(str(journal)))
 
     def clear(self) -> None:
         """Remove the store (the sweep's flow completed: nothing is left to resume)."""

@@ -15,6 +15,9 @@ import contextlib
 import logging
 import os
 import queue
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,6 +196,7 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
         cluster_kwargs={
             "n_workers": placement.workers,
             "host": LOOPBACK,
+            "preload": [IGNORE_SIGINT_PRELOAD],
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
@@ -317,7 +321,10 @@ def shared_prefect_api() -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     database = f"sqlite+aiosqlite:///{home / TEMPORARY_DATABASE}"
     server = SubprocessASGIServer()
-    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+    with (
+        temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}),
+        _children_apart(),
+    ):
         server.start()
     _TEMPORARY_APIS.add(server.api_url)
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -331,6 +338,47 @@ def shared_prefect_api() -> Iterator[str]:
         os.environ.pop("PREFECT_API_URL", None)
         _TEMPORARY_APIS.discard(server.api_url)
         server.stop()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextmanager
+def _children_apart() -> Iterator[None]:
+    """Processes started inside run in a session of their own and die with this process (Linux).
+
+    A terminal's Ctrl-C goes to its whole process group: the temporary Prefect server would
+    stop at once, while the flow still needs it to record the interruption (its client then
+    retries for minutes). Apart, the server is stopped by the flow, in order; and should the flow
+    be killed outright, the kernel ends the server with it (`PR_SET_PDEATHSIG`).
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    popen: Any = subprocess.Popen
+
+    def apart(*args: Any, **kwargs: Any) -> Any:
+        return popen(*args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+    subprocess.Popen = apart  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
+# Run in each Dask worker process when it starts: a terminal's Ctrl-C reaches every process of
+# the group, and a worker that dies of it prints a traceback; the flow's process stops the
+# workers itself when it is interrupted.
+IGNORE_SIGINT_PRELOAD = """
+import signal, threading
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+"""
 
 
 def _drain_prefect_workers() -> None:

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import urllib.parse
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -633,9 +634,13 @@ def log_dataset(name: str, digest: str, source: Path, context: str, sample: Any)
     """
     from mlflow.data.numpy_dataset import from_numpy
 
-    dataset = from_numpy(
-        sample, source=Path(source).resolve().as_uri(), name=name, digest=digest[:36]
-    )
+    with warnings.catch_warnings():
+        # MLflow registers a local dataset source for the '' and the 'file' scheme alike, so a
+        # file:// URI matches two identical sources; it takes one and warns, on every run.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        dataset = from_numpy(
+            sample, source=Path(source).resolve().as_uri(), name=name, digest=digest[:36]
+        )
     mlflow.log_input(dataset, context=context)
 
 

@@ -188,7 +188,7 @@ def _expectations(
         gxe.ExpectColumnValuesToBeInSet(column=f"n_{split}_images", value_set=[n])
         for split, n in counts.items()
     ]
-    # Last, so that what was found in the arrays (a leak, blank images) is named first.
+    # Whether the arrays still hold what prepare recorded (`_CONSISTENCY`).
     suite += [
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="label",
@@ -202,6 +202,18 @@ def _expectations(
         ),
     ]
     return suite
+
+
+# Checks that the arrays still match what prepare recorded: they fail along with any planted
+# change, so they are reported after the check that names what was found.
+_CONSISTENCY = ("label", "content_hash")
+
+
+def _naming_order(result: dict[str, Any]) -> tuple[bool, bool]:
+    """Sort key: named checks first, then unnamed ones, the arrays-vs-metadata checks last."""
+    config = result["expectation_config"]
+    consistency = config["kwargs"].get("column_A") in _CONSISTENCY
+    return consistency, not config.get("description")
 
 
 def _describe(result: dict[str, Any]) -> str:
@@ -305,7 +317,7 @@ def validate(
     results: list[dict[str, Any]] = []
     for validation in run.run_results.values():
         results += [cast(dict[str, Any], r.to_json_dict()) for r in validation.results]
-    failed = [_describe(r) for r in results if not r["success"]]
+    failed = [_describe(r) for r in sorted(results, key=_naming_order) if not r["success"]]
     summary = {
         "dataset": dataset,
         "success": bool(run.success),
