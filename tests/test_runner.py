@@ -92,3 +92,26 @@ def test_a_worker_takes_the_threads_its_placement_gave_it(monkeypatch: pytest.Mo
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        runner = task_runner(ComputeConfig(device="cpu", cpu_workers=1))
+        with (
+            LocalCluster(**runner.cluster_kwargs) as cluster,
+            Client(cluster) as client,
+        ):
+            worker_env = client.run(lambda: dict(__import__("os").environ))
+        [env] = worker_env.values()
+        assert "MALLOC_TRIM_THRESHOLD_" not in env
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)

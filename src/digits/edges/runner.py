@@ -160,6 +160,20 @@ def plain_tcp_warning(address: str) -> str | None:
     return None
 
 
+def keep_malloc_adaptive() -> None:
+    """Start local Dask workers without the ``MALLOC_TRIM_THRESHOLD_`` Dask gives them.
+
+    Dask sets it so that workers hand freed memory back sooner. Setting any ``MALLOC_*`` value
+    turns off glibc's adaptive mmap threshold (mallopt(3)), so every tensor above 128 KiB is
+    mapped and page-faulted afresh at every batch: LeNet-5 trained at ~6,400 images/s in such a
+    worker against ~14,000 without it, on the same 2-core CPU (`benchmarks/bench_zoo.py`). A
+    worker here holds one training task at a time; giving memory back early buys nothing.
+    """
+    import dask
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+
+
 def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> Any:
     """A `prefect_dask.DaskTaskRunner` for the placement `plan_placement` chooses."""
     from prefect_dask import DaskTaskRunner
@@ -175,6 +189,7 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             address=placement.address,
             client_kwargs={"security": security} if security is not None else {},
         )
+    keep_malloc_adaptive()
     if placement.kind == "cuda":
         try:
             import dask_cuda  # noqa: F401
