@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick test test-fast lint typecheck bench bench-packed ui prefect-ui clean
+.PHONY: setup study quick test test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,9 @@ typecheck: setup
 bench: setup  ## orchestration cost alone, then the sweep: flow against a plain PyTorch loop
 	$(BIN)/python benchmarks/bench_orchestration.py
 	$(BIN)/python benchmarks/bench_tune_mnist.py
+
+bench-zoo: setup  ## zoo throughput and the train_zoo flow against a plain loop; e.g. ARGS="--device cuda --dataset svhn --models lenet5,resnet18"
+	$(BIN)/python benchmarks/bench_zoo.py --stage $(ARGS)
 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)

@@ -196,7 +196,9 @@ def _registry_facts(project: Path) -> dict[str, dict[str, Any]]:
     """What the UIs must show, read from the store with MLflow's client."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    store = f"sqlite:///{project}/mlruns/mlflow.db"
+    # Both URIs: an earlier test in this process may have set MLflow's global registry URI.
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     facts = {}
     for model in FLOWS.values():
         version = client.get_model_version_by_alias(model, "champion")
