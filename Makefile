@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick test test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
+.PHONY: setup study quick test chromium test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,13 @@ study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops
 quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
 	$(BIN)/dvc exp run -S profile=quick
 
-test: setup lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
+test: setup chromium lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
 	$(BIN)/python -m pytest
+
+chromium:  ## Debian's Chromium for the browser test, installed with apt-get when missing (needs root)
+	@command -v chromium >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } || \
+	  echo "Chromium could not be installed: the browser test will be skipped"
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
