@@ -12,7 +12,9 @@ A flow says which study, which tasks, which data; this module does the rest once
 * `Engine.final`: trains a recipe on all training images, scores the test set once, records it;
 * `Engine.register`: registers the model (raw uint8 pixels in) and promotes it when it is better;
 
-`flows._main` holds what every flow shares without the engine: `main`, provenance, the retry rule.
+`flows._main` holds what every flow shares without the engine: `main` (argv, the shared Prefect
+API, the project's server when `make prefect-ui` runs, the Dask task runner, one-line errors),
+provenance, the retry rule, and the links between each Prefect flow run and its MLflow runs.
 """
 
 from __future__ import annotations

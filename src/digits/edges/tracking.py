@@ -2,7 +2,7 @@
 
 The store is the top-level `mlruns/` by default (SQLite metadata in `mlruns/mlflow.db`, artifacts in
 `mlruns/artifacts/`), so no server is needed; ``MLFLOW_TRACKING_URI`` points elsewhere. Browse
-it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+it with ``make ui`` (``tracking.ui_url``, where the links of `records_of_flow_run` point).
 
 Runs are recorded from the flow's own process as task results arrive, never from Dask workers: the
 workers may sit on other machines that cannot reach a local SQLite file, and one writer means no
