@@ -13,9 +13,9 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick test chromium test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
+.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed node_modules/.package-lock.json
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The scripts and styles the plots page and the Data Docs load offline, as pinned in
+# package-lock.json (npm's registry; no install scripts run).
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
 study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops only what depends on it)
 	$(BIN)/dvc repro --keep-going
 
 quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
 	$(BIN)/dvc exp run -S profile=quick
+
+plots: setup  ## dvc_plots/index.html: the plots of dvc.yaml, drawn offline (Vega copied beside the page)
+	$(BIN)/dvc plots show --html-template src/digits/dvc_plots.html
+	$(BIN)/python -m digits.web_assets dvc_plots
 
 test: setup chromium lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
 	$(BIN)/python -m pytest

@@ -7,12 +7,17 @@ for it at prepare time, array-level facts of its split (count, image shape, dtyp
 number of classes) and of the dataset (exact duplicate images shared by train and test: a leak).
 Results go to Great Expectations Data Docs under `<reports_dir>/<dataset>/data_docs/` and a plain
 `<reports_dir>/<dataset>/summary.json`; a failure names what was found (a leak, blank images...).
+The Data Docs load their scripts and styles from a copy beside them, not from CDNs, and come out
+byte-identical whenever the data do (they are a DVC output: their hash is in dvc.lock).
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +31,8 @@ from digits.data.arrays import load_split, read_manifest
 from digits.data.prepare import image_metadata
 from digits.data.sources import IMAGE_SHAPES, METADATA
 from digits.errors import DataError
+from digits.files import write_atomic
+from digits.web_assets import DATA_DOCS_ASSETS, copy_assets, localize_urls
 
 # Sizes of the official splits.
 OFFICIAL_COUNTS = {
@@ -230,48 +237,63 @@ def _describe(result: dict[str, Any]) -> str:
     return f"{name}{call}: got {observed}"
 
 
-def validate(
-    dataset: str,
-    data_cfg: DataConfig,
-    val_cfg: ValidationConfig,
-    reports_dir: Path,
-    expected_counts: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
-    """Run the dataset's expectation suite on its prepared data; write Data Docs and a summary.
+# The run's date in the Data Docs: fixed, so that they do not change while the data do not (the
+# run is named by the data's fingerprint instead, and DVC and git record when it ran).
+FIXED_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+# What changes on every run although the data do not: random ids of collapsible sections, the
+# time the batch was loaded, and Great Expectations' logo from the web, with a time-stamped query.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LOAD_TIME = re.compile(r"(>ge_load_time</span>.*?<span[^>]*>)\d{8}T\d{6}\.\d+Z(</span>)", re.S)
+_WEB_LOGO = re.compile(r"https://great-expectations-web-assets\.[^\"')]*\.png[^\"')]*")
 
-    Args:
-        dataset: "mnist" or "svhn".
-        data_cfg: where the prepared data lives.
-        val_cfg: class-share and duplicate bounds.
-        reports_dir: `<reports_dir>/<dataset>/` receives `data_docs/` (HTML) and `summary.json`.
-        expected_counts: split sizes to require; defaults to the official sizes (or, for synthetic
-            data, those in its manifest). Tests pass the sizes of their fixture data.
 
-    Returns:
-        The summary: success, synthetic flag, counts, class shares, duplicates and each
-        expectation's result.
+def finish_data_docs(docs_dir: Path, node_modules: Path | None = None) -> None:
+    """Make the Data Docs site in `docs_dir` load offline and read the same on every run.
+
+    Copies the pinned scripts and styles (with their licences) into `static/vendor/`, points every
+    page at them and at the local logo, and replaces what differs between two runs over the same
+    data (random section ids, in order of appearance; the batch's load time).
 
     Raises:
-        DataError: an expectation failed (listed in the message); the summary is written first.
+        DigitsError: the web assets are not installed (run `make setup`), or a page loads a
+            script or stylesheet that has no local copy.
     """
+    copy_assets(list(DATA_DOCS_ASSETS.values()), docs_dir / "static", node_modules)
+    ids: dict[str, str] = {}
+    for page in sorted(docs_dir.rglob("*.html")):
+        up = "../" * (len(page.relative_to(docs_dir).parts) - 1)
+        local = {url: f"{up}static/{asset.local()}" for url, asset in DATA_DOCS_ASSETS.items()}
+        html = _WEB_LOGO.sub(f"{up}static/images/logo-long.png", page.read_text(encoding="utf-8"))
+        html = localize_urls(html, local)
+        html = _LOAD_TIME.sub(r"\g<1>not recorded\g<2>", html)
+        html = _UUID.sub(lambda m: ids.setdefault(m.group(0), f"section-{len(ids)}"), html)
+        write_atomic(page, html.encode("utf-8"))
+    for sheet in sorted((docs_dir / "static").glob("styles/*.css")):
+        css = _WEB_LOGO.sub("../images/logo-long.png", sheet.read_text(encoding="utf-8"))
+        write_atomic(sheet, css.encode("utf-8"))
+
+
+def data_fingerprint(dataset: str, root: Path) -> str:
+    """Twelve hex digits of the SHA-256 of the prepared arrays' hashes (from the manifest)."""
+    arrays = read_manifest(dataset, root)["arrays"]
+    return hashlib.sha256(json.dumps(arrays, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _run_checkpoint(
+    dataset: str,
+    table: pd.DataFrame,
+    expectations: list[Any],
+    docs_dir: Path,
+    run_name: str,
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Validate `table` in an ephemeral context, Data Docs into `docs_dir`; (success, results)."""
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
-
-    # GE's renderer has no "unexpected percent" for column-pair results and logs a traceback for
-    # each failed one; the HTML still renders and the failure is reported below, so keep it quiet.
-    logging.getLogger("great_expectations.render").setLevel(logging.CRITICAL)
-
-    root = Path(data_cfg.root)
-    table, facts = build_table(dataset, root)
-    counts = dict(expected_counts or expected_split_counts(dataset, root))
-    out_dir = Path(reports_dir) / dataset
-    docs_dir = out_dir / "data_docs"
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    docs_dir.mkdir(parents=True)
 
     # In memory, no usage statistics, no progress bars on stderr, and Data Docs only where asked.
     context = gx.get_context(
@@ -299,7 +321,7 @@ def validate(
         .add_batch_definition_whole_dataframe("all_splits")
     )
     suite = context.suites.add(gx.ExpectationSuite(name=f"{dataset}_prepared"))
-    for expectation in _expectations(dataset, counts, val_cfg):
+    for expectation in expectations:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{dataset}_prepared", data=batch, suite=suite)
@@ -312,15 +334,70 @@ def validate(
             result_format={"result_format": "SUMMARY"},
         )
     )
-    run = checkpoint.run(batch_parameters={"dataframe": table})
-
+    # The run is named by the data and dated at a fixed time, so that the Data Docs (a DVC
+    # output, hashed into dvc.lock) come out the same whenever the data are the same.
+    run_id = RunIdentifier(run_name=run_name, run_time=FIXED_RUN_TIME)
+    run = checkpoint.run(batch_parameters={"dataframe": table}, run_id=run_id)
     results: list[dict[str, Any]] = []
     for validation in run.run_results.values():
         results += [cast(dict[str, Any], r.to_json_dict()) for r in validation.results]
+    return bool(run.success), results
+
+
+def validate(
+    dataset: str,
+    data_cfg: DataConfig,
+    val_cfg: ValidationConfig,
+    reports_dir: Path,
+    expected_counts: Mapping[str, int] | None = None,
+    node_modules: Path | None = None,
+) -> dict[str, Any]:
+    """Run the dataset's expectation suite on its prepared data; write Data Docs and a summary.
+
+    The Data Docs load their scripts and styles from a copy beside them (from the pinned npm
+    packages), and are byte-identical on every run over the same data.
+
+    Args:
+        dataset: "mnist" or "svhn".
+        data_cfg: where the prepared data lives.
+        val_cfg: class-share and duplicate bounds.
+        reports_dir: `<reports_dir>/<dataset>/` receives `data_docs/` (HTML) and `summary.json`.
+        expected_counts: split sizes to require; defaults to the official sizes (or, for synthetic
+            data, those in its manifest). Tests pass the sizes of their fixture data.
+        node_modules: where `npm ci` installed the web assets (`make setup` does); by default
+            `digits.web_assets.find_node_modules()`.
+
+    Returns:
+        The summary: success, synthetic flag, counts, class shares, duplicates and each
+        expectation's result.
+
+    Raises:
+        DataError: an expectation failed (listed in the message); the summary is written first.
+        DigitsError: the web assets are not installed (run `make setup`).
+    """
+    # GE's renderer has no "unexpected percent" for column-pair results and logs a traceback for
+    # each failed one; the HTML still renders and the failure is reported below, so keep it quiet.
+    logging.getLogger("great_expectations.render").setLevel(logging.CRITICAL)
+
+    root = Path(data_cfg.root)
+    table, facts = build_table(dataset, root)
+    counts = dict(expected_counts or expected_split_counts(dataset, root))
+    out_dir = Path(reports_dir) / dataset
+    docs_dir = out_dir / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    docs_dir.mkdir(parents=True)
+
+    success, results = _run_checkpoint(
+        dataset,
+        table,
+        _expectations(dataset, counts, val_cfg),
+        docs_dir,
+        run_name=f"prepared-{data_fingerprint(dataset, root)}",
+    )
     failed = [_describe(r) for r in sorted(results, key=_naming_order) if not r["success"]]
     summary = {
         "dataset": dataset,
-        "success": bool(run.success),
+        "success": success,
         **facts,
         "expected_counts": counts,
         "bounds": {
@@ -343,6 +420,7 @@ def validate(
         ],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    finish_data_docs(docs_dir, node_modules)
     if failed:
         raise DataError(
             f"{dataset} failed validation: {' | '.join(failed)} ({len(failed)} of "
