@@ -202,3 +202,32 @@ def test_real_mnist_pull_prepare_validate(tmp_path):
     assert summary["success"] is True
     assert summary["counts"]["train"]["images"] == 60_000
     assert summary["counts"]["test"]["images"] == 10_000
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_validating_the_same_data_twice_writes_identical_reports(prepared_mnist, tmp_path):
+    """What DVC hashes (data_docs/, summary.json) must not change while the data do not."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for reports in (first, second):
+        validate("mnist", prepared_mnist, ValidationConfig(), reports, FIXTURE_COUNTS)
+    written = _files(first / "mnist")
+    assert "summary.json" in written and "data_docs/index.html" in written
+    assert len([p for p in written if p.endswith(".html")]) == 3
+    assert written == _files(second / "mnist")
+
+
+def test_data_docs_load_nothing_from_the_network(prepared_mnist, tmp_path):
+    reports = tmp_path / "reports"
+    validate("mnist", prepared_mnist, ValidationConfig(), reports, FIXTURE_COUNTS)
+    docs = reports / "mnist" / "data_docs"
+    for page in docs.rglob("*.html"):
+        html = page.read_text()
+        loads = re.findall(r"<(?:script|link|img)\b[^>]*?\b(?:src|href)=\"([^\"]+)\"", html)
+        assert loads and not [u for u in loads if "://" in u], page
+        for address in loads:
+            assert (page.parent / address).is_file(), f"{page}: {address} missing"
+    assert "://" not in (docs / "static/styles/data_docs_default_styles.css").read_text()
+    assert (docs / "static/vendor/bootstrap/LICENSE").is_file()

@@ -244,6 +244,9 @@ FIXED_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # time the batch was loaded, and Great Expectations' logo from the web, with a time-stamped query.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LOAD_TIME = re.compile(r"(>ge_load_time</span>.*?<span[^>]*>)\d{8}T\d{6}\.\d+Z(</span>)", re.S)
+# Addresses of the site's own static/ folder, relative to the page (Great Expectations counts one
+# folder too few for the favicon of a validation page).
+_STATIC = re.compile(r"""(["'(])(?:\.{1,2}/)*static/""")
 _WEB_LOGO = re.compile(r"https://great-expectations-web-assets\.[^\"')]*\.png[^\"')]*")
 
 
@@ -251,8 +254,9 @@ def finish_data_docs(docs_dir: Path, node_modules: Path | None = None) -> None:
     """Make the Data Docs site in `docs_dir` load offline and read the same on every run.
 
     Copies the pinned scripts and styles (with their licences) into `static/vendor/`, points every
-    page at them and at the local logo, and replaces what differs between two runs over the same
-    data (random section ids, in order of appearance; the batch's load time).
+    page at them and at the local logo (each `static/` address counted from the page), and
+    replaces what differs between two runs over the same data (random section ids, in order of
+    appearance; the batch's load time).
 
     Raises:
         DigitsError: the web assets are not installed (run `make setup`), or a page loads a
@@ -264,7 +268,7 @@ def finish_data_docs(docs_dir: Path, node_modules: Path | None = None) -> None:
         up = "../" * (len(page.relative_to(docs_dir).parts) - 1)
         local = {url: f"{up}static/{asset.local()}" for url, asset in DATA_DOCS_ASSETS.items()}
         html = _WEB_LOGO.sub(f"{up}static/images/logo-long.png", page.read_text(encoding="utf-8"))
-        html = localize_urls(html, local)
+        html = _STATIC.sub(rf"\g<1>{up}static/", localize_urls(html, local))
         html = _LOAD_TIME.sub(r"\g<1>not recorded\g<2>", html)
         html = _UUID.sub(lambda m: ids.setdefault(m.group(0), f"section-{len(ids)}"), html)
         write_atomic(page, html.encode("utf-8"))
