@@ -73,6 +73,9 @@ def test_localize_urls_replaces_quoted_addresses_and_refuses_what_is_left():
         '<link href="static/a.css" rel="stylesheet"><script src="b.js"></script>'
         '<a href="https://docs.example/guide">docs</a>'
     )
+    # A file page cannot make the CORS fetch an integrity check needs: local copies drop both.
+    tagged = '<script src="https://cdn.example/b.js" integrity="sha384-x" crossorigin="anonymous">'
+    assert localize_urls(tagged, local) == '<script src="b.js">'
     with pytest.raises(DigitsError, match=r"still loads https://cdn\.example/b\.js"):
         localize_urls(page, {"https://cdn.example/a.css": "static/a.css"})
 

@@ -114,6 +114,11 @@ DATA_DOCS_ASSETS: dict[str, Asset] = {
 
 # A <script src> or <link href> that leaves the machine.
 _REMOTE_LOAD = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)=["'](https?://[^"']+)["']""")
+_SCRIPT_OR_LINK = re.compile(r"<(?:script|link)\b[^>]*>")
+# Subresource integrity asks for a CORS fetch, which a page opened from a file cannot make (and
+# the hashes name the CDN's files: Popper's is another version). npm checked the packages against
+# package-lock.json's hashes when it installed them.
+_INTEGRITY = re.compile(r"""\s+(?:integrity|crossorigin)=(?:"[^"]*"|'[^']*'|[^\s>]+)""")
 
 
 def copy_assets(
@@ -156,12 +161,18 @@ def copy_assets(
 def localize_urls(html: str, replacements: dict[str, str]) -> str:
     """`html` with each quoted address in `replacements` (src or href) replaced by its value.
 
+    Local <script> and <link> tags lose their `integrity` and `crossorigin` attributes: a page
+    opened from a file cannot fetch with CORS, which integrity checks require.
+
     Raises:
         DigitsError: a script or stylesheet is still loaded from the network afterwards (a new
             address: add its package to package.json and its address here).
     """
     for url, local in replacements.items():
         html = html.replace(f'"{url}"', f'"{local}"')
+    html = _SCRIPT_OR_LINK.sub(
+        lambda tag: tag[0] if "://" in tag[0] else _INTEGRITY.sub("", tag[0]), html
+    )
     remote = sorted(set(_REMOTE_LOAD.findall(html)))
     if remote:
         raise DigitsError(
