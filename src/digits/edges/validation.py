@@ -348,6 +348,42 @@ def _run_checkpoint(
     return bool(run.success), results
 
 
+def _summary(
+    dataset: str,
+    success: bool,
+    facts: dict[str, Any],
+    counts: dict[str, int],
+    val_cfg: ValidationConfig,
+    failed: list[str],
+    results: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What `summary.json` holds: the facts, the bounds, and each expectation's result."""
+    return {
+        "dataset": dataset,
+        "success": success,
+        **facts,
+        "expected_counts": counts,
+        "bounds": {
+            "class_share_min": val_cfg.class_share_min,
+            "class_share_max": val_cfg.class_share_max,
+            "max_cross_split_duplicates": val_cfg.max_cross_split_duplicates[dataset],  # type: ignore[index]
+        },
+        "failed": failed,
+        "expectations": [
+            {
+                "type": r["expectation_config"]["type"],
+                "kwargs": {
+                    k: v for k, v in r["expectation_config"]["kwargs"].items() if k != "batch_id"
+                },
+                "success": r["success"],
+                "observed": (r.get("result") or {}).get("observed_value"),
+                "unexpected_count": (r.get("result") or {}).get("unexpected_count"),
+            }
+            for r in results
+        ],
+    }
+
+
 def validate(
     dataset: str,
     data_cfg: DataConfig,
@@ -399,30 +435,7 @@ def validate(
         run_name=f"prepared-{data_fingerprint(dataset, root)}",
     )
     failed = [_describe(r) for r in sorted(results, key=_naming_order) if not r["success"]]
-    summary = {
-        "dataset": dataset,
-        "success": success,
-        **facts,
-        "expected_counts": counts,
-        "bounds": {
-            "class_share_min": val_cfg.class_share_min,
-            "class_share_max": val_cfg.class_share_max,
-            "max_cross_split_duplicates": val_cfg.max_cross_split_duplicates[dataset],  # type: ignore[index]
-        },
-        "failed": failed,
-        "expectations": [
-            {
-                "type": r["expectation_config"]["type"],
-                "kwargs": {
-                    k: v for k, v in r["expectation_config"]["kwargs"].items() if k != "batch_id"
-                },
-                "success": r["success"],
-                "observed": (r.get("result") or {}).get("observed_value"),
-                "unexpected_count": (r.get("result") or {}).get("unexpected_count"),
-            }
-            for r in results
-        ],
-    }
+    summary = _summary(dataset, success, facts, counts, val_cfg, failed, results)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     finish_data_docs(docs_dir, node_modules)
     if failed:
