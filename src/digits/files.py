@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from digits.errors import DiskFull
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def disk_full(error: OSError, path: Path) -> DiskFull | None:
@@ -42,6 +47,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_atomic` for text, encoded as UTF-8 (the reports hold symbols such as ² and ‖)."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def save_figure_atomic(figure: Figure, path: Path, **savefig: Any) -> None:
+    """Render a matplotlib figure in memory, in the format `path`'s suffix names, then
+    `write_atomic` it; `savefig` goes to `Figure.savefig` (dpi, ...)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig)
+    write_atomic(path, buffer.getvalue())
 
 
 @contextmanager
