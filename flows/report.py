@@ -17,6 +17,7 @@ from digits.config import Params, load_params
 from digits.edges import tracking
 from digits.edges.cli import run_or_exit
 from digits.errors import DigitsError
+from digits.files import write_text_atomic
 from digits.reports.study import RunLink, StudyFiles, read_study, study_html, study_markdown
 
 REPORTS = Path("reports")
@@ -71,11 +72,8 @@ def write_report(
     links, note = run_links(files, params, ui)
     text = study_markdown(files, links, note, params.profile)
     paths = {"markdown": reports / "REPORT.md", "html": reports / "REPORT.html"}
-    reports.mkdir(parents=True, exist_ok=True)
-    for key, content in (("markdown", text), ("html", study_html(text))):
-        partial = paths[key].with_suffix(paths[key].suffix + ".partial")
-        partial.write_text(content)
-        partial.replace(paths[key])
+    write_text_atomic(paths["markdown"], text)
+    write_text_atomic(paths["html"], study_html(text))
     return paths
 
 

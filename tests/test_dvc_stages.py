@@ -1,7 +1,7 @@
 """dvc.yaml cannot go stale: each stage depends on the code it runs and on the params it reads.
 
 A stage whose deps miss a module it imports keeps its old results after that module changes;
-`dvc repro` would call them up to date. The walker in `digits.edges.stage_deps` reads the imports
+`dvc repro` would call them up to date. The walker in `tests/stage_deps.py` reads the imports
 (lazy ones included), and these tests hold every stage of dvc.yaml to it, new stages included.
 """
 
@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
-
-from digits.edges.stage_deps import (
+from tests.stage_deps import (
     StageDepsError,
     load_stages,
     missing_deps,
     source_modules,
     stage_commands,
+    unused_source_deps,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_stage_deps_cover_every_source_file_its_command_imports(stage: str) -> N
     assert not missing, (
         f"dvc.yaml stage {stage!r} ({STAGES[stage].cmd}) imports files its deps miss: "
         f"{[p.as_posix() for p in missing]}; add them (or their folder) to its deps "
-        "(python -m digits.edges.stage_deps lists them all)"
+        "(python -m tests.stage_deps lists them all)"
     )
 
 
@@ -194,6 +194,35 @@ def test_missing_deps_lists_files_no_dep_covers_and_folders_cover_new_modules(
     missing = missing_deps("python flows/study.py", deps[:-1], fake_repo)
     assert Path("src/pkg/extra.py") in missing
     assert Path("src/pkg/plots/extra.py") not in missing
+
+
+def test_a_module_turned_package_is_covered_by_its_folder_not_its_old_file(
+    fake_repo: Path,
+) -> None:
+    (fake_repo / "src/pkg/helpers.py").unlink()
+    _write(
+        fake_repo,
+        {
+            "src/pkg/helpers/__init__.py": "from .values import X\n",  # re-exports a name
+            "src/pkg/helpers/values.py": "from pkg.helpers.consts import Y\n\nX = Y\n",
+            "src/pkg/helpers/consts.py": "Y = 1\n",
+        },
+    )
+    package = [
+        Path("src/pkg/helpers/__init__.py"),
+        Path("src/pkg/helpers/consts.py"),
+        Path("src/pkg/helpers/values.py"),
+    ]
+    rest = ["src/pkg/__init__.py", "src/pkg/cli.py", "src/pkg/core.py", "src/pkg/lazy.py"]
+
+    assert set(package) <= source_modules("pkg build", fake_repo)
+    assert missing_deps("pkg build", [*rest, "src/pkg/helpers"], fake_repo) == []
+    assert missing_deps("pkg build", [*rest, "src/pkg/helpers/"], fake_repo) == []
+    # The module's old file, or a folder whose name only starts the same, covers none of it.
+    assert missing_deps("pkg build", [*rest, "src/pkg/helpers.py"], fake_repo) == package
+    assert missing_deps("pkg build", [*rest, "src/pkg/help"], fake_repo) == package
+    old = [*rest, "src/pkg/helpers.py"]
+    assert unused_source_deps("pkg build", old, fake_repo) == ["src/pkg/helpers.py"]
 
 
 def test_walker_fails_on_an_import_of_a_missing_first_party_module(fake_repo: Path) -> None:

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import MNIST_TEST, MNIST_TRAIN, REAL_MIRRORS
+from conftest import MNIST_TEST, MNIST_TRAIN, REAL_MIRRORS, fixture_resources
 from digits.config import DataConfig, ValidationConfig
+from digits.data import synthetic
 from digits.data.prepare import prepare
 from digits.data.sources import pull
 from digits.edges.validation import validate
@@ -139,6 +140,41 @@ def test_a_leak_planted_in_the_arrays_is_refused_by_name(prepared_mnist, tmp_pat
     ), message
     assert "images in the arrays differ from those prepare recorded" in message
     assert _summary(tmp_path / "reports")["cross_split_duplicates"] == 3
+
+
+@pytest.mark.faults
+def test_a_leak_already_in_the_raw_files_is_refused_by_the_duplicate_check(data_cfg, tmp_path):
+    # Three test images (with their labels) copied into the raw training IDX file, as a source
+    # that leaks would ship them. `prepare` records what it reads, so arrays and metadata agree:
+    # only the cross-split duplicate check stands between this data and a trained model.
+    rng = np.random.default_rng(1)
+    splits = {}
+    for split, n in (("train", MNIST_TRAIN), ("test", MNIST_TEST)):
+        labels = synthetic.balanced_labels(n, rng)
+        splits[split] = (synthetic.mnist_like_images(labels, rng), labels)
+    (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["test"]
+    train_images[40:43], train_labels[40:43] = test_images[7:10], test_labels[7:10]
+    mirror = tmp_path / "mirror" / "mnist"
+    mirror.mkdir(parents=True)
+    for split, (images, labels) in splits.items():
+        images_name, labels_name = synthetic.MNIST_FILES[split]
+        synthetic.write_idx(mirror / images_name, images)
+        synthetic.write_idx(mirror / labels_name, labels.astype(np.uint8))
+    cfg = data_cfg.model_copy(update={"mirrors": [str(mirror.parent)]})
+    pull("mnist", cfg, resources=fixture_resources(mirror))
+    prepare("mnist", cfg)
+
+    message = _refusal(cfg, tmp_path)
+
+    assert re.search(
+        r"train/test leak \(test images also in train\): expect_column_values_to_be_between\("
+        r"column=cross_split_duplicates, min_value=0.0, max_value=0.0.*\): got 250 unexpected "
+        r"values, e\.g\. 3",
+        message,
+    ), message
+    summary = _summary(tmp_path / "reports")
+    assert len(summary["failed"]) == 1, summary["failed"]  # no other check caught it
+    assert summary["cross_split_duplicates"] == 3
 
 
 @pytest.mark.faults

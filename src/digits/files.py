@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from digits.errors import DiskFull
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def disk_full(error: OSError, path: Path) -> DiskFull | None:
@@ -21,6 +26,28 @@ def disk_full(error: OSError, path: Path) -> DiskFull | None:
     )
 
 
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write; renamed onto `path` when the block
+    completes, removed when it raises: a reader sees the old file or the whole new one.
+
+    Every file a stage writes goes through here (`write_atomic` and the helpers below, training
+    checkpoints, saved models); `pull` and `prepare` rename whole checked files and folders into
+    place the same way.
+
+    Raises:
+        DiskFull: the disk filled up in the block or at the rename (the partial file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with refuse_full_disk(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, renamed into place.
 
@@ -29,19 +56,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     Raises:
         DiskFull: the disk filled up (the partial temporary file is removed).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except OSError as error:
-        full = disk_full(error, path)
-        if full is not None:
-            raise full from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp, open(tmp, "wb") as stream:
+        stream.write(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_atomic` for text, encoded as UTF-8 (the reports hold symbols such as ² and ‖)."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def save_figure_atomic(figure: Figure, path: Path, **savefig: Any) -> None:
+    """Render a matplotlib figure in memory, in the format `path`'s suffix names, then
+    `write_atomic` it; `savefig` goes to `Figure.savefig` (dpi, ...)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig)
+    write_atomic(path, buffer.getvalue())
 
 
 @contextmanager

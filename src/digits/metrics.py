@@ -1,13 +1,9 @@
-"""Classification metrics (scikit-learn) and a confusion-matrix figure (matplotlib, Agg)."""
+"""Classification metrics (scikit-learn) and a confusion-matrix figure (a matplotlib `Figure`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are only ever written to files
 
 import numpy as np
 import pandas as pd
@@ -91,8 +87,8 @@ def confusion_matrix_figure(cm: np.ndarray, title: str) -> Figure:
     """A labelled heat map of a (C, C) confusion matrix with every cell's count written in it.
 
     Rows are true classes and columns predicted classes. The colour scale is logarithmic so the
-    few off-diagonal errors stay visible next to diagonals of thousands. The caller saves and
-    closes the figure.
+    few off-diagonal errors stay visible next to diagonals of thousands. The figure belongs to no
+    pyplot window and needs no backend: the caller saves it (`digits.files.save_figure_atomic`).
     """
     cm = np.asarray(cm)
     n = cm.shape[0]

@@ -14,6 +14,7 @@ import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -161,23 +162,12 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def prepare(dataset: str, cfg: DataConfig) -> Path:
-    """Turn the raw files into canonical arrays, a metadata table and a manifest.
-
-    Writes `cfg.root/prepared/<dataset>/`: `<split>_images.npy` (uint8 N×H×W×C),
-    `<split>_labels.npy` (int64, 0-9), `metadata.parquet` (see `image_metadata`) and `manifest.json`
-    (dataset, synthetic flag, counts, SHA-256 of each array file, MD5 of each source file). The
-    directory is built aside and renamed into place, so a failure leaves no partial output.
-
-    Returns:
-        The prepared directory.
+def _pulled_record(dataset: str, raw_dir: Path, cfg: DataConfig) -> dict[str, Any]:
+    """What `pull` recorded in `raw_dir`, after checking every file it lists is there, unchanged.
 
     Raises:
-        DataError: raw files missing, changed since `pull`, or malformed (magic number, length,
-            shape, label range).
+        DataError: nothing pulled, the wrong kind of SVHN, or a file missing or changed.
     """
-    check_dataset_name(dataset)
-    raw_dir = Path(cfg.root) / "raw" / dataset
     record_path = raw_dir / RAW_RECORD
     if not record_path.is_file():
         raise DataError(
@@ -202,6 +192,28 @@ def prepare(dataset: str, cfg: DataConfig) -> Path:
                 f"{path}: MD5 {actual} does not match {entry['md5']} recorded by pull; the file "
                 f"changed or is corrupt: run `digits pull {dataset}`"
             )
+    return record
+
+
+def prepare(dataset: str, cfg: DataConfig) -> Path:
+    """Turn the raw files into canonical arrays, a metadata table and a manifest.
+
+    Writes `cfg.root/prepared/<dataset>/`: `<split>_images.npy` (uint8 N×H×W×C),
+    `<split>_labels.npy` (int64, 0-9), `metadata.parquet` (see `image_metadata`) and `manifest.json`
+    (dataset, synthetic flag, counts, SHA-256 of each array file, MD5 of each source file). The
+    directory is built aside and renamed into place, so a failure leaves no partial output.
+
+    Returns:
+        The prepared directory.
+
+    Raises:
+        DataError: raw files missing, changed since `pull`, or malformed (magic number, length,
+            shape, label range).
+    """
+    check_dataset_name(dataset)
+    raw_dir = Path(cfg.root) / "raw" / dataset
+    record = _pulled_record(dataset, raw_dir, cfg)
+    is_synth = bool(record.get("synthetic"))
 
     out_dir = Path(cfg.root) / "prepared" / dataset
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from digits.errors import DigitsError
+from digits.files import atomic_target, write_text_atomic
 from digits.images import PictureFormat, picture_format
 from digits.models import build_network, model_entry, parse_args
 from digits.models.pixels import ClassifierSpec, PixelClassifier
@@ -57,12 +58,13 @@ def save_classifier(
     weights = directory / WEIGHTS_FILE
     spec = directory / SPEC_FILE
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": FORMAT})
+    with atomic_target(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
     content: dict[str, Any] = {"format": FORMAT, **asdict(model.spec)}
     if examples is not None:
         fmt = picture_format(np.asarray(examples))
         content |= {"background": fmt.background, "ink_extent": fmt.ink_extent}
-    spec.write_text(json.dumps(content, indent=2) + "\n")
+    write_text_atomic(spec, json.dumps(content, indent=2) + "\n")
     return weights, spec
 
 

@@ -11,13 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
+from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import ClassificationMetrics, confusion_matrix_figure, confusion_records
 
 # Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
@@ -71,10 +69,11 @@ def tuning_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return table.sort_values("mean_cv_accuracy", ascending=False, ignore_index=True)
 
 
-def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
+def _comparison_figure(table: pd.DataFrame) -> Figure:
     """Mean CV accuracy per cell (with fold spread) against the original study's Table 1."""
     ordered = table.sort_values(["activation", "width"], ignore_index=True)
-    fig, ax = plt.subplots(figsize=(8, max(3.5, 0.35 * len(ordered) + 1.8)))
+    fig = Figure(figsize=(8, max(3.5, 0.35 * len(ordered) + 1.8)))
+    ax = fig.subplots()
     y = np.arange(len(ordered))
     ax.barh(
         y,
@@ -108,9 +107,10 @@ def _comparison_figure(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _learning_curve_figure(history: Sequence[Mapping[str, float]]) -> plt.Figure:
+def _learning_curve_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     frame = pd.DataFrame(history)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o")
     loss_ax.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="Final model: loss")
     acc_ax.plot(frame["epoch"], frame["train_accuracy"], marker="o", label="train")
@@ -130,7 +130,8 @@ def write_mnist_report(
     history: Sequence[Mapping[str, float]],
     summary: Mapping[str, Any],
 ) -> dict[str, Path]:
-    """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`.
+    """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`,
+    each file whole or not at all.
 
     `confusion.csv` holds the test confusion matrix as one (actual, predicted) row per image, the
     form DVC's confusion template plots.
@@ -149,9 +150,10 @@ def write_mnist_report(
         "confusion": figures / "confusion_matrix.png",
         "curves": figures / "learning_curve.png",
     }
-    table.to_csv(paths["tuning"], index=False, float_format="%.5g")
-    pd.DataFrame(history).to_csv(paths["learning_curve"], index=False)
-    confusion_records(test_metrics.confusion).to_csv(paths["confusion_data"], index=False)
+    write_text_atomic(paths["tuning"], table.to_csv(index=False, float_format="%.5g"))
+    write_text_atomic(paths["learning_curve"], pd.DataFrame(history).to_csv(index=False))
+    confusion = confusion_records(test_metrics.confusion)
+    write_text_atomic(paths["confusion_data"], confusion.to_csv(index=False))
     metrics = {
         "best": dict(best),
         "test": {
@@ -167,7 +169,7 @@ def write_mnist_report(
         else 0,
         **summary,
     }
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     for key, figure in (
         ("comparison", _comparison_figure(table)),
         (
@@ -176,6 +178,5 @@ def write_mnist_report(
         ),
         ("curves", _learning_curve_figure(history)),
     ):
-        figure.savefig(paths[key], dpi=120)
-        plt.close(figure)
+        save_figure_atomic(figure, paths[key], dpi=120)
     return paths

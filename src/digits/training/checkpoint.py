@@ -7,14 +7,13 @@ continues exactly where the uninterrupted run would have been, so it ends with t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from digits.files import refuse_full_disk
+from digits.files import atomic_target
 
 
 @dataclass
@@ -51,17 +50,10 @@ def save_state(state: TrainState, path: Path) -> None:
     Raises:
         DiskFull: the disk filled up; the previous checkpoint is left as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with refuse_full_disk(path):
-            # Through a Python file, so that a failed write keeps its errno (torch's own file
-            # writer turns every failure into a RuntimeError).
-            with open(tmp, "wb") as stream:
-                torch.save(state.__dict__, stream)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Through a Python file, so that a failed write keeps its errno (torch's own file writer
+    # turns every failure into a RuntimeError).
+    with atomic_target(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(state.__dict__, stream)
 
 
 def load_state(path: Path, key: str) -> TrainState | None:

@@ -2,9 +2,10 @@
 
 A stage whose `deps` miss a module it imports goes stale silently: edit the module and `dvc repro`
 says everything is up to date. This module finds every first-party file a stage's command can
-execute by reading the code (no imports are run), so a test can hold `dvc.yaml` to it:
+execute by reading the code (no imports are run), so a test (tests/test_dvc_stages.py) can hold
+`dvc.yaml` to it. It is a check on the repository, not part of the package:
 
-    python -m digits.edges.stage_deps     # per stage, the source files its deps do not cover
+    python -m tests.stage_deps     # per stage, the source files its deps do not cover
 
 The walk is static and deliberately generous: every `import` in a file counts, those inside
 functions (lazy imports) and under `if TYPE_CHECKING:` included, because a stage that reruns once
@@ -13,6 +14,9 @@ packages under `src/` and the top-level packages of the repository (`flows/`), p
 the modules beside it (Python puts a script's folder first on `sys.path`). Everything else
 (stdlib, third-party) is not followed. Names are resolved to files directly rather than with
 `importlib.util.find_spec`, which imports the parent packages of a dotted name to find it.
+
+A dep may be a file or a folder; a folder covers every file under it, so a package listed by its
+folder (`src/digits/studies/convexity`) needs no new dep when a module is added to it.
 """
 
 from __future__ import annotations
