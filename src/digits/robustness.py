@@ -155,10 +155,6 @@ def _dilate(x: Tensor, size: int) -> Tensor:
     return F.max_pool2d(padded, kernel_size=size, stride=1)
 
 
-def _erode(x: Tensor, size: int) -> Tensor:
-    return -_dilate(-x, size)
-
-
 def _shift(x: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
     """Move each image `pixels` along an axis drawn per image (0 right, 1 left, 2 down, 3 up)."""
     direction = torch.randint(0, 4, (x.shape[0],), generator=generator).to(x.device)  # (B,)
@@ -222,8 +218,9 @@ def perturb(images: Tensor, perturbation: Perturbation, generator: torch.Generat
         x = x + strength * noise
     elif family in ("thin", "thick"):
         light = _light_background(x)  # (B, 1, 1, 1): dark ink, so erosion thickens it
-        size = int(strength) + 1
-        x = torch.where(light ^ (family == "thick"), _dilate(x, size), _erode(x, size))
+        # Erosion is dilation of the negative: one max-pool serves both polarities.
+        sign = torch.where(light ^ (family == "thick"), 1.0, -1.0)  # (B, 1, 1, 1)
+        x = sign * _dilate(sign * x, int(strength) + 1)
     elif family == "lowres":
         x = _lower_resolution(x, int(strength))
     elif family == "invert":
