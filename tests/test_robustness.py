@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,9 +191,15 @@ LEVELS = (40, 80, 175, 215)  # none near 127.5, so inverting moves every level t
 class LevelReader(nn.Module):
     """Class k for images whose median brightness is nearest `LEVELS[k]`."""
 
+    levels: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.tensor(LEVELS, dtype=torch.float32))
+
     def forward(self, images: Tensor) -> Tensor:
         level = images.flatten(1).float().median(dim=1).values  # (B,)
-        nearest = (level[:, None] - torch.tensor(LEVELS)).abs().argmin(dim=1)  # (B,)
+        nearest = (level[:, None] - self.levels).abs().argmin(dim=1)  # (B,)
         return nn.functional.one_hot(nearest, 10).float()  # (B, 10)
 
 
@@ -225,6 +232,32 @@ def test_scores_are_accuracies_per_metric_with_labels_kept_in_step_across_batche
     constant = robustness_scores(AlwaysThree(), images, labels, "svhn", seed=0, device=CPU)
     assert "robust/invert" not in constant
     assert constant == dict.fromkeys(constant, 0.25)
+
+
+def test_scores_read_prepared_arrays_as_they_are_stored(tmp_path: Path) -> None:
+    images, labels = plain_levels(20)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")  # read-only, as prepared arrays are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns before wrapping read-only memory
+        scores = robustness_scores(LevelReader(), mapped, labels, "svhn", seed=0, device=CPU)
+    assert scores["robust/clean"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scores_and_images_on_cuda_match_the_cpu() -> None:
+    cuda = torch.device("cuda")
+    images, labels = plain_levels(200)
+    on_cpu = robustness_scores(LevelReader(), images, labels, "mnist", seed=0, device=CPU)
+    model = LevelReader()
+    assert robustness_scores(model, images, labels, "mnist", seed=0, device=cuda) == on_cpu
+    assert model.levels.device == CPU  # moved back where it was, ready to be saved
+    digits = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    for perturbation in perturbations("mnist"):
+        cpu_images = torch.cat(list(perturbed_batches(digits, perturbation, 3, CPU)))
+        cuda_images = torch.cat(list(perturbed_batches(digits, perturbation, 3, cuda))).cpu()
+        # The same draws; bilinear resampling may round a pixel the other way.
+        assert (cpu_images.int() - cuda_images.int()).abs().max() <= 1, perturbation.name
 
 
 # ------------------------------------------------------------------ report

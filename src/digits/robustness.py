@@ -247,10 +247,13 @@ def perturbed_batches(
     Yields:
         (b, H, W, C) uint8 batches on `device`, b = `CHUNK` except for the last.
     """
-    pixels = torch.as_tensor(images)
-    for index, start in enumerate(range(0, pixels.shape[0], CHUNK)):
+    for index, start in enumerate(range(0, images.shape[0], CHUNK)):
+        chunk = images[start : start + CHUNK]
+        # A copy of the chunk only: prepared arrays are read-only memory maps, which torch
+        # will not wrap.
+        pixels = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))
         generator = perturbation_generator(seed, perturbation, index)
-        yield perturb(pixels[start : start + CHUNK].to(device), perturbation, generator)
+        yield perturb(pixels.to(device), perturbation, generator)
 
 
 def robustness_scores(
@@ -265,7 +268,8 @@ def robustness_scores(
 
     Args:
         model: Takes (B, H, W, C) pixels on the 0-255 scale, returns (B, classes) logits (a
-            `PixelClassifier`); moved to `device` and left in eval mode there.
+            `PixelClassifier`); scored on `device` in eval mode, then moved back to the device
+            its weights were on.
         images: (N, H, W, C) or (N, H, W) uint8 test images.
         labels: (N,) int labels.
         dataset: "mnist" or "svhn": which perturbations apply (see `perturbations`).
@@ -276,7 +280,8 @@ def robustness_scores(
         {`robust/<name>`: accuracy in [0, 1]} for every perturbation of `dataset`, in the order of
         `perturbations(dataset)`, `robust/clean` first.
     """
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)  # (N,)
+    targets = torch.as_tensor(labels).to(device, torch.int64)  # (N,)
+    home = {tensor.device for tensor in (*model.parameters(), *model.buffers())}
     model.to(device)
     correct = {}
     for perturbation in perturbations(dataset):
@@ -286,5 +291,7 @@ def robustness_scores(
             batch_targets = targets[index * CHUNK : index * CHUNK + batch.shape[0]]
             total += evaluate(model, batch, batch_targets, device, batch_size=CHUNK)[1]
         correct[perturbation.metric] = total
+    if len(home) == 1:  # a final model stays on the CPU, ready to be saved
+        model.to(home.pop())
     count = max(int(targets.shape[0]), 1)
     return {metric: int(hits) / count for metric, hits in correct.items()}  # one sync per metric
