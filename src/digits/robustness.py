@@ -23,13 +23,18 @@ The changes are those a digit meets outside its data set:
 - `invert` (MNIST only): dark ink on a light background; SVHN already has both polarities.
 
 `clean` is the unchanged test set, so each family's curve starts from the same point. Every
-result is rounded back to uint8, as the data set stores images. Random draws (directions, signs,
+result is rounded and clipped back to uint8 on 0-255, as the data set stores images (so noise on
+MNIST's black background only brightens it). Random draws (directions, signs,
 noise) come from a generator seeded by the run's seed, the perturbation's name and the batch's
 index, drawn on the CPU: the same seed gives the same images on any device and for any model,
 and adding a perturbation does not change the others' draws.
 
 Metric names are `robust/<name>` (`ROBUST_PREFIX`); they depend on the data set only, so every
 model of a study logs the same keys.
+
+A study scores its final model with `robustness_scores(result.model, test_images, test_labels,
+dataset, seed, device)` after `digits.training.recipe.fit_final`, logs the returned mapping as
+metrics, and hands the mappings of its models to `digits.reports.robustness`.
 """
 
 from __future__ import annotations
