@@ -77,7 +77,7 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A dense network trained on 10,000 MNIST images (generated ones without a mirror)."""
+    """A dense network trained on 10,000 MNIST images (4,000 generated ones without a mirror)."""
     root = tmp_path_factory.mktemp("behavioural")
     mirror = real_mnist_mirror()
     if mirror is not None:
