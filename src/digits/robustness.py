@@ -1,0 +1,302 @@
+"""How a trained classifier holds up on changed copies of its test set.
+
+Each `Perturbation` is one named change of the test images, applied to the whole set in batches
+on the device where the model runs; the classifier's accuracy on the changed copy is its score.
+The changes are those a digit meets outside its data set:
+
+- `shift_2px`, `shift_4px`: the image moved by 2 or 4 whole pixels along one axis (right, left,
+  down or up, drawn per image); the pixels brought in continue the image's edge, as training
+  augmentation does (`digits.training.augment`), so SVHN's backgrounds get no black band.
+- `rotate_10deg`, `rotate_20deg`: rotated about the centre by 10 or 20 degrees (clockwise or
+  anticlockwise, drawn per image), bilinear; the corners continue the edge the same way.
+- `noise_sd25`, `noise_sd50`: Gaussian noise of standard deviation 25 or 50 grey levels (of 255)
+  added to every pixel and channel.
+- `thin_1px`, `thin_2px`, `thick_1px`, `thick_2px`: strokes made 1 or 2 pixels thinner or
+  thicker (grey-level erosion or dilation with a 2×2 or 3×3 square; on MNIST, whose strokes are
+  2-3 pixels wide, 1 pixel thinner halves the ink and 2 leaves a fifth of it). Which of the two
+  is a max-pool depends on the image:
+  on a dark background (MNIST) ink is bright and dilation thickens it; on a light background
+  (half of SVHN) ink is dark and erosion thickens it. The background is judged per image by its
+  border, as `digits.images` judges a picture's.
+- `lowres_2x`, `lowres_4x`: resolution cut by 2 or 4 along each side (antialiased) and scaled
+  back up (bilinear): a blurred, blocky digit of the same size.
+- `invert` (MNIST only): dark ink on a light background; SVHN already has both polarities.
+
+`clean` is the unchanged test set, so each family's curve starts from the same point. Every
+result is rounded and clipped back to uint8 on 0-255, as the data set stores images (so noise on
+MNIST's black background only brightens it). Random draws (directions, signs,
+noise) come from a generator seeded by the run's seed, the perturbation's name and the batch's
+index, drawn on the CPU: the same seed gives the same images on any device and for any model,
+and adding a perturbation does not change the others' draws.
+
+Metric names are `robust/<name>` (`ROBUST_PREFIX`); they depend on the data set only, so every
+model of a study logs the same keys.
+
+A study scores its final model with `robustness_scores(result.model, test_images, test_labels,
+dataset, seed, device)` after `digits.training.recipe.fit_final`, logs the returned mapping as
+metrics, and hands the mappings of its models to `digits.reports.robustness`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from digits.training.loop import evaluate
+
+ROBUST_PREFIX = "robust/"
+CHUNK = 2048
+"""Images transformed and scored together; also the unit the random draws are keyed by, so the
+changed images do not depend on how the caller batches."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of change whose strength varies: what the strength measures and its no-change value.
+
+    Attributes:
+        name: "shift", "rotate", "noise", "thin", "thick", "lowres" or "invert".
+        unit: What the strength is measured in, for an axis label.
+        identity: The strength that changes nothing (where `clean` sits on the family's curve).
+    """
+
+    name: str
+    unit: str
+    identity: float = 0.0
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("shift", "pixels"),
+        Family("rotate", "degrees"),
+        Family("noise", "noise standard deviation (grey levels of 255)"),
+        Family("thin", "pixels of stroke width removed"),
+        Family("thick", "pixels of stroke width added"),
+        Family("lowres", "downsampling factor", identity=1.0),
+        Family("invert", "inverted (0 no, 1 yes)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One named change of the test set (see the module).
+
+    Attributes:
+        name: Stable identifier, e.g. "shift_2px"; the metric is `robust/<name>`.
+        family: Key of `FAMILIES`, or "clean" for the unchanged set.
+        strength: Pixels, degrees, grey levels or a factor, in the family's unit.
+    """
+
+    name: str
+    family: str
+    strength: float
+
+    @property
+    def metric(self) -> str:
+        """The metric name under which its accuracy is logged, e.g. "robust/shift_2px"."""
+        return f"{ROBUST_PREFIX}{self.name}"
+
+
+CLEAN = Perturbation("clean", "clean", 0.0)
+_COMMON = (
+    CLEAN,
+    Perturbation("shift_2px", "shift", 2),
+    Perturbation("shift_4px", "shift", 4),
+    Perturbation("rotate_10deg", "rotate", 10),
+    Perturbation("rotate_20deg", "rotate", 20),
+    Perturbation("noise_sd25", "noise", 25),
+    Perturbation("noise_sd50", "noise", 50),
+    Perturbation("thin_1px", "thin", 1),
+    Perturbation("thin_2px", "thin", 2),
+    Perturbation("thick_1px", "thick", 1),
+    Perturbation("thick_2px", "thick", 2),
+    Perturbation("lowres_2x", "lowres", 2),
+    Perturbation("lowres_4x", "lowres", 4),
+)
+_INVERT = Perturbation("invert", "invert", 1)
+
+
+def perturbations(dataset: str) -> tuple[Perturbation, ...]:
+    """The perturbations scored for `dataset` ("mnist" or "svhn"), `clean` first, in a fixed order.
+
+    MNIST adds `invert`: its digits are always light on black, so a dark digit on paper is new to
+    a model trained on it; SVHN holds both polarities already.
+    """
+    if dataset not in ("mnist", "svhn"):
+        raise ValueError(f"unknown data set {dataset!r}; expected 'mnist' or 'svhn'")
+    return (*_COMMON, _INVERT) if dataset == "mnist" else _COMMON
+
+
+def perturbation_generator(seed: int, perturbation: Perturbation, chunk: int) -> torch.Generator:
+    """The CPU generator for batch `chunk` of `perturbation` under `seed` (see the module)."""
+    key = (seed, zlib.crc32(perturbation.name.encode()), chunk)
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def _light_background(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, 1, 1, 1) bool: the border is brighter than the image as a whole."""
+    border = torch.cat(
+        [x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1
+    )  # (B, C, 2H + 2W)
+    return (border.mean(dim=(1, 2)) > x.mean(dim=(1, 2, 3))).view(-1, 1, 1, 1)
+
+
+def _dilate(x: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) dilated by a `size`×`size` square: bright strokes `size` - 1 pixels wider."""
+    before = (size - 1) // 2  # an even square leans up and left, by half a pixel
+    # Repeating the edge leaves every window's maximum as it is: the edge pixel is in it already.
+    padded = F.pad(x, (before, size - 1 - before, before, size - 1 - before), mode="replicate")
+    return F.max_pool2d(padded, kernel_size=size, stride=1)
+
+
+def _shift(x: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
+    """Move each image `pixels` along an axis drawn per image (0 right, 1 left, 2 down, 3 up)."""
+    direction = torch.randint(0, 4, (x.shape[0],), generator=generator).to(x.device)  # (B,)
+    padded = TF.pad(x, [pixels] * 4, padding_mode="edge")  # (B, C, H + 2p, W + 2p)
+    height, width = x.shape[-2:]
+    out = torch.empty_like(x)
+    # Content moved by (dy, dx) is the padded image cropped at (p - dy, p - dx).
+    for code, (dy, dx) in enumerate(((0, 1), (0, -1), (1, 0), (-1, 0))):
+        chosen = direction == code
+        top, left = pixels - dy * pixels, pixels - dx * pixels
+        out[chosen] = padded[chosen, :, top : top + height, left : left + width]
+    return out
+
+
+def _rotate(x: Tensor, degrees: float, generator: torch.Generator) -> Tensor:
+    """Rotate each image by ±`degrees` (sign drawn per image) about its centre, edges continued."""
+    sign = torch.randint(0, 2, (x.shape[0],), generator=generator).to(x.device)  # (B,)
+    height, width = x.shape[-2:]
+    # Edge padding by 0.3 of the side keeps the zero-filled corners of any rotation up to 45°
+    # outside the central crop (they start at 1/√2 - 1/2 ≈ 0.21 of the side).
+    pad = int(np.ceil(0.3 * max(height, width)))
+    padded = TF.pad(x, [pad] * 4, padding_mode="edge")
+    out = torch.empty_like(x)
+    for value, angle in ((0, degrees), (1, -degrees)):
+        chosen = sign == value
+        turned = TF.rotate(padded[chosen], angle, interpolation=InterpolationMode.BILINEAR)
+        out[chosen] = TF.center_crop(turned, [height, width])
+    return out
+
+
+def _lower_resolution(x: Tensor, factor: int) -> Tensor:
+    height, width = x.shape[-2:]
+    small = TF.resize(x, [max(height // factor, 1), max(width // factor, 1)], antialias=True)
+    return TF.resize(small, [height, width], interpolation=InterpolationMode.BILINEAR)
+
+
+def perturb(images: Tensor, perturbation: Perturbation, generator: torch.Generator) -> Tensor:
+    """Apply one perturbation to a batch.
+
+    Args:
+        images: (B, H, W, C) or (B, H, W) pixels on the 0-255 scale, uint8 or float, on any device.
+        perturbation: What to do (see the module).
+        generator: CPU generator for the random draws; advanced only by the random families
+            (shift and rotate: B integers, noise: B·H·W·C normals).
+
+    Returns:
+        (B, H, W, C) uint8 on `images.device`.
+    """
+    if images.ndim == 3:  # (B, H, W): grey without its channel axis
+        images = images.unsqueeze(-1)
+    x = images.permute(0, 3, 1, 2).to(torch.float32)  # (B, C, H, W)
+    family, strength = perturbation.family, perturbation.strength
+    if family == "clean":
+        pass
+    elif family == "shift":
+        x = _shift(x, int(strength), generator)
+    elif family == "rotate":
+        x = _rotate(x, float(strength), generator)
+    elif family == "noise":
+        noise = torch.randn(x.shape, generator=generator).to(x.device)  # (B, C, H, W)
+        x = x + strength * noise
+    elif family in ("thin", "thick"):
+        light = _light_background(x)  # (B, 1, 1, 1): dark ink, so erosion thickens it
+        # Erosion is dilation of the negative: one max-pool serves both polarities.
+        sign = torch.where(light ^ (family == "thick"), 1.0, -1.0)  # (B, 1, 1, 1)
+        x = sign * _dilate(sign * x, int(strength) + 1)
+    elif family == "lowres":
+        x = _lower_resolution(x, int(strength))
+    elif family == "invert":
+        x = 255.0 - x
+    else:
+        raise ValueError(f"unknown perturbation family {family!r}")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+
+def perturbed_batches(
+    images: np.ndarray | Tensor,
+    perturbation: Perturbation,
+    seed: int,
+    device: torch.device,
+) -> Iterator[Tensor]:
+    """The perturbed test set, `CHUNK` images at a time, in order.
+
+    Args:
+        images: (N, H, W, C) or (N, H, W) uint8 test images (host or device memory).
+        perturbation: What to do.
+        seed: Fixes every random draw (with the perturbation's name and the batch's index).
+        device: Where to transform.
+
+    Yields:
+        (b, H, W, C) uint8 batches on `device`, b = `CHUNK` except for the last.
+    """
+    for index, start in enumerate(range(0, images.shape[0], CHUNK)):
+        chunk = images[start : start + CHUNK]
+        # A copy of the chunk only: prepared arrays are read-only memory maps, which torch
+        # will not wrap.
+        pixels = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))
+        generator = perturbation_generator(seed, perturbation, index)
+        yield perturb(pixels.to(device), perturbation, generator)
+
+
+def robustness_scores(
+    model: nn.Module,
+    images: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    dataset: str,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Accuracy of `model` on every perturbed copy of a test set.
+
+    Args:
+        model: Takes (B, H, W, C) pixels on the 0-255 scale, returns (B, classes) logits (a
+            `PixelClassifier`); scored on `device` in eval mode, then moved back to the device
+            its weights were on.
+        images: (N, H, W, C) or (N, H, W) uint8 test images.
+        labels: (N,) int labels.
+        dataset: "mnist" or "svhn": which perturbations apply (see `perturbations`).
+        seed: Fixes the perturbed images.
+        device: Where to transform and score.
+
+    Returns:
+        {`robust/<name>`: accuracy in [0, 1]} for every perturbation of `dataset`, in the order of
+        `perturbations(dataset)`, `robust/clean` first.
+    """
+    targets = torch.as_tensor(labels).to(device, torch.int64)  # (N,)
+    home = {tensor.device for tensor in (*model.parameters(), *model.buffers())}
+    model.to(device)
+    correct = {}
+    for perturbation in perturbations(dataset):
+        total = torch.zeros((), dtype=torch.long, device=device)
+        batches = perturbed_batches(images, perturbation, seed, device)
+        for index, batch in enumerate(batches):
+            batch_targets = targets[index * CHUNK : index * CHUNK + batch.shape[0]]
+            total += evaluate(model, batch, batch_targets, device, batch_size=CHUNK)[1]
+        correct[perturbation.metric] = total
+    if len(home) == 1:  # a final model stays on the CPU, ready to be saved
+        model.to(home.pop())
+    count = max(int(targets.shape[0]), 1)
+    return {metric: int(hits) / count for metric, hits in correct.items()}  # one sync per metric
