@@ -154,10 +154,6 @@ def picture(digit: np.ndarray, background: int, paper: bool = False) -> Image.Im
     return Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_image keeps the background's grey inside the digit's crop (digits.images)",
-)
 def test_predict_preprocessing_ignores_the_background_grey(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -166,11 +162,9 @@ def test_predict_preprocessing_ignores_the_background_grey(
     `digits predict` turns each picture into model input with `read_image` and the training
     images' `PictureFormat`. 200 test digits are written as PNG pictures on each background;
     at least 98% must get the answer they get on black (a digit whose ink barely clears the
-    background may still tip). Fails today: `read_image` inverts the paper but crops the digit
-    with its grey background and pastes it onto black, so the crop's box shows as a grey
-    rectangle; measured on the real MNIST, the answer stays for 0.945 (grey 10), 0.875 (grey 30)
-    and 0.91 (ink 20 on paper 235). Levelling the picture's border to black before the crop
-    (grey -> (grey - border) · 255 / (255 - border)) brings all three to 1.0.
+    background may still tip). Seen red without `read_image`'s levelling (the digit cropped with
+    its grey background and pasted onto black, the crop's box a grey rectangle): on the real
+    MNIST the answer stayed for 0.945 (grey 10), 0.875 (grey 30) and 0.91 (ink 20 on paper 235).
     """
     digits = trained.test_images[:200, ..., 0]  # (200, 28, 28)
     fmt: PictureFormat = picture_format(np.asarray(trained.data.train_images[:100]))

@@ -166,10 +166,25 @@ def read_image(path: Path, fmt: PictureFormat, invert: Invert = "auto") -> np.nd
         picture = ImageOps.invert(picture)
     matches = not _opposite(_picture_grey(picture), fmt.background)  # ("never" may leave it)
     if fmt.ink_extent is not None and fmt.background != "unknown" and matches:
-        picture = _fit_ink(picture, fmt)
+        picture = _fit_ink(_level(picture, fmt.background), fmt)
     else:
         picture = picture.resize((width, height), Image.Resampling.LANCZOS)
     return np.asarray(picture, dtype=np.uint8).reshape(height, width, channels)
+
+
+def _level(picture: Image.Image, background: Background) -> Image.Image:
+    """Stretch `picture`'s tones so that its border's grey becomes the training background's.
+
+    A digit photographed on grey paper (or drawn on a grey canvas) would otherwise keep that grey
+    around it once cropped and pasted on the training images' black (or white).
+    """
+    pixels = np.asarray(picture, dtype=np.float32)  # (H, W) or (H, W, 3), 0-255
+    border = _border_brightness(_picture_grey(picture))
+    if background == "dark":
+        levelled = (pixels - border) * 255.0 / max(255.0 - border, 1.0)
+    else:
+        levelled = pixels * 255.0 / max(border, 1.0)
+    return Image.fromarray(np.clip(np.rint(levelled), 0, 255).astype(np.uint8), picture.mode)
 
 
 def _opposite(grey: np.ndarray, background: str) -> bool:
