@@ -5,7 +5,7 @@ every epoch, scored on the test set once, recorded in its own MLflow run of expe
 `digits-zoo-<dataset>` and registered as `<prefix>-<dataset>-<label>`. `--search LABEL` first
 runs `zoo.search` over that model with cross-validation, as the MLP study does.
 
-    python flows/train_zoo.py [--params params.yaml] [--dataset svhn|mnist] [--search LABEL]
+    python -m flows.train_zoo [--params params.yaml] [--dataset svhn|mnist] [--search LABEL]
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
-
-set_prefect_defaults()  # before prefect is imported
-
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import Params, load_params
+from digits.config import Params
 from digits.edges import tracking
+from digits.edges.runner import Placement
 from digits.errors import DigitsError
 from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
-from flows._common import DataRef, Engine
-from flows._main import main
+from flows.engine import Engine
+from flows.main import main
+from flows.tasks import DataRef
 
 
 def concurrent_tasks(
@@ -40,13 +38,21 @@ def concurrent_tasks(
 
 @flow(name="train-zoo")
 def train_zoo(
-    params_path: str = "params.yaml",
+    params: Params,
+    placement: Placement,
     dataset: str = "svhn",
     search: str | None = None,
     report_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train, score, compare and register the zoo's models on one data set."""
-    params = load_params(params_path)
+    """Train, score, compare and register the zoo's models on one data set.
+
+    Args:
+        params: The study's parameters.
+        placement: Where the tasks run, planned for `concurrent_tasks` at most.
+        dataset: ``svhn`` or ``mnist``.
+        search: A model label to search over first (`zoo.search`), or None.
+        report_dir: Where the report goes (``reports/<dataset>`` by default).
+    """
     zoo = params.zoo
     labels = zoo.train.get(dataset, [])  # type: ignore[call-overload]
     if not labels:
@@ -54,7 +60,7 @@ def train_zoo(
     extra = params.data.svhn_extra and dataset == "svhn"
     data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
     experiment = f"zoo-{dataset}"
-    engine = Engine(params, experiment, data, max_tasks=concurrent_tasks(params, dataset, search))
+    engine = Engine(params, experiment, data, placement)
     synthetic = data.is_synthetic()
     out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
