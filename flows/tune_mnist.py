@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
@@ -18,12 +19,34 @@ from digits.edges import tracking
 from digits.edges.runner import Placement
 from digits.reports.mnist import tuning_table, write_mnist_report
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
+from digits.sweep import SweepOutcome
 from flows.engine import Engine
 from flows.main import main
 from flows.tasks import DataRef
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
+
+
+def _record_sweep(outcome: SweepOutcome, profile: str) -> pd.DataFrame:
+    """Table 1 and the sweep's timings, into the sweep's run and a Prefect artifact."""
+    table = tuning_table(table1_rows(outcome.trials))
+    tracking.log_table(table, "table1.json")
+    create_table_artifact(
+        table=table.round(5).to_dict(orient="records"),
+        key="table-1",
+        description=f"Table 1: mean CV accuracy per cell ({profile} profile)",
+    )
+    tracking.log_metrics(
+        {
+            "cv_accuracy": outcome.best.mean_score(),
+            "startup_seconds": outcome.startup_seconds,
+            "sweep_seconds": outcome.sweep_seconds,
+            "train_seconds": outcome.train_seconds,
+            "failed_trials": len(outcome.failed),
+        }
+    )
+    return table
 
 
 @flow(name="tune-mnist")
@@ -48,22 +71,7 @@ def tune_mnist(
         engine.log_dataset("train")
         outcome = engine.sweep(study.search, study.recipe, study.folds)
         best = outcome.best
-        table = tuning_table(table1_rows(outcome.trials))
-        tracking.log_table(table, "table1.json")
-        create_table_artifact(
-            table=table.round(5).to_dict(orient="records"),
-            key="table-1",
-            description=f"Table 1: mean CV accuracy per cell ({params.profile} profile)",
-        )
-        tracking.log_metrics(
-            {
-                "cv_accuracy": best.mean_score(),
-                "startup_seconds": outcome.startup_seconds,
-                "sweep_seconds": outcome.sweep_seconds,
-                "train_seconds": outcome.train_seconds,
-                "failed_trials": len(outcome.failed),
-            }
-        )
+        table = _record_sweep(outcome, params.profile)
 
         future, run_id = engine.start_final(best.recipe, f"final-{cell_name(best.recipe)}")
         (final,) = engine.wait_final([future])
