@@ -33,8 +33,8 @@ import yaml
 from digits.config import Params, Recipe, params_from_dict
 from digits.crossval import stratified_folds
 from digits.data.arrays import DatasetArrays, load_arrays
-from digits.search import grid_values
 from digits.studies.mnist_mlp import cell_name
+from digits.sweep.search import grid_values
 from digits.training.loop import select_device
 from digits.training.packed import PackedFit, fit_packed
 from digits.training.recipe import evaluate_fold
@@ -109,16 +109,18 @@ def flow_sweep(raw: dict[str, Any], packing: str, workdir: Path) -> dict[str, An
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges.runner import shared_prefect_api, task_runner
+    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
 
     raw = {**raw, "compute": {**raw["compute"], "packing": packing}}
     params_path = workdir / f"params-{packing}.yaml"
     params_path.write_text(yaml.safe_dump(raw))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir}/mlflow-{packing}.db"
-    runner = task_runner(load_params(params_path).compute)
+    params = load_params(params_path)
+    placement = plan_placement(params.compute)
+    runner = task_runner(params.compute, placement)
     with shared_prefect_api():
         return tune_mnist.with_options(task_runner=runner)(
-            str(params_path), report_dir=str(workdir / f"report-{packing}")
+            params, placement, report_dir=str(workdir / f"report-{packing}")
         )
 
 

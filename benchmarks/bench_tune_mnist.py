@@ -23,7 +23,7 @@ import yaml
 from digits.config import Params, Recipe, params_from_dict
 from digits.crossval import stratified_folds
 from digits.data.arrays import load_arrays
-from digits.search import grid_values
+from digits.sweep.search import grid_values
 from digits.training.loop import select_device
 from digits.training.recipe import evaluate_fold
 
@@ -74,13 +74,15 @@ def flow_sweep(params_path: Path, workdir: Path) -> dict:
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges.runner import shared_prefect_api, task_runner
+    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
 
-    runner = task_runner(load_params(params_path).compute)
+    params = load_params(params_path)
+    placement = plan_placement(params.compute)
+    runner = task_runner(params.compute, placement)
     started = time.perf_counter()
     with shared_prefect_api():
         summary = tune_mnist.with_options(task_runner=runner)(
-            str(params_path), report_dir=str(workdir / "report")
+            params, placement, report_dir=str(workdir / "report")
         )
     summary["flow_wall_seconds"] = time.perf_counter() - started
     return summary

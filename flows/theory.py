@@ -5,7 +5,7 @@ starts,
 sign flips of linear networks); the flow writes reports/theory/ with `digits.reports.theory` and
 records the run, its numbers and the report in MLflow.
 
-    python flows/theory.py [--params params.yaml]
+    python -m flows.theory [--params params.yaml]
 """
 
 from __future__ import annotations
@@ -14,18 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
-
-set_prefect_defaults()  # before prefect is imported
-
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from digits.config import TheoryConfig, load_params
+from digits.config import Params, TheoryConfig
 from digits.edges import tracking
+from digits.edges.runner import Placement
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
-from flows._main import (
+from flows.main import (
     flow_run_tags,
     git_commit,
     link_mlflow_records,
@@ -48,12 +45,19 @@ def measure_convexity(data_root: Path, cfg: TheoryConfig, seed: int) -> TheoryRe
 
 
 @flow(name="theory")
-def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)) -> dict:
-    """Measure loss convexity, write the report, record it in MLflow; returns the verdicts."""
+def theory_flow(
+    params: Params, placement: Placement | None = None, report_dir: str = str(REPORT_DIR)
+) -> dict:
+    """Measure loss convexity, write the report, record it in MLflow; returns the verdicts.
+
+    Args:
+        params: The study's parameters.
+        placement: Where the task runs (the flow's task runner has it; not used here).
+        report_dir: Where reports/theory's files are written.
+    """
     from digits.data.arrays import prepared_checksum
 
     logger = get_run_logger()
-    params = load_params(params_path)
     tracking.configure(params.tracking)
     measure = measure_convexity.with_options(
         retries=params.compute.task_retries, retry_delay_seconds=params.compute.retry_delay_s

@@ -5,7 +5,7 @@ every epoch, scored on the test set once, recorded in its own MLflow run of expe
 `digits-zoo-<dataset>` and registered as `<prefix>-<dataset>-<label>`. `--search LABEL` first
 runs `zoo.search` over that model with cross-validation, as the MLP study does.
 
-    python flows/train_zoo.py [--params params.yaml] [--dataset svhn|mnist] [--search LABEL]
+    python -m flows.train_zoo [--params params.yaml] [--dataset svhn|mnist] [--search LABEL]
 """
 
 from __future__ import annotations
@@ -15,46 +15,97 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
-
-set_prefect_defaults()  # before prefect is imported
-
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import Params, load_params
+from digits.config import Params, Recipe, ZooConfig
 from digits.edges import tracking
+from digits.edges.runner import Placement
 from digits.errors import DigitsError
 from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
-from flows._common import DataRef, Engine
-from flows._main import main
+from digits.training.recipe import FinalResult
+from flows.engine import Engine
+from flows.main import main
+from flows.tasks import DataRef
 
 
 def concurrent_tasks(
     params: Params, dataset: str, search: str | None = None, **_: Any
 ) -> int | None:
     """The most tasks at once: one per model, unless a search runs (then as many as fit)."""
-    return None if search else len(params.zoo.train.get(dataset, [])) or None  # type: ignore[call-overload]
+    return None if search else len(params.zoo.train.get(dataset, [])) or None
+
+
+def _record_model(
+    engine: Engine,
+    zoo: ZooConfig,
+    dataset: str,
+    label: str,
+    recipe: Recipe,
+    run_id: str,
+    result: FinalResult,
+) -> ZooRow:
+    """A model's final fit into its run, registered (promoted when better); its table row."""
+    engine.record_final(run_id, result, {"epochs": recipe.optim.epochs})
+    tracking.log_dict(result.metrics.report, "classification_report.json", run_id=run_id)
+    name = f"{zoo.registered_model_prefix}-{dataset}-{label}"
+    version, promoted = engine.register(
+        run_id,
+        result,
+        name,
+        {
+            "architecture": recipe.model.name,
+            "params": json.dumps(recipe.model_dump()),
+            "stage": "zoo",
+        },
+    )
+    engine.logger.info(
+        "%s: test accuracy %.4f, %d parameters, %.0f images/s; %s v%s%s",
+        label,
+        result.metrics.accuracy,
+        result.parameters,
+        result.images_per_second,
+        name,
+        version,
+        " (now champion)" if promoted else "",
+    )
+    spec = recipe.model
+    return ZooRow.from_final(
+        label,
+        spec.name,
+        parse_args(spec.name, spec.args).model_dump(),
+        result,
+        registered=f"{name} v{version}",
+        run_id=run_id,
+    )
 
 
 @flow(name="train-zoo")
 def train_zoo(
-    params_path: str = "params.yaml",
+    params: Params,
+    placement: Placement,
     dataset: str = "svhn",
     search: str | None = None,
     report_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train, score, compare and register the zoo's models on one data set."""
-    params = load_params(params_path)
+    """Train, score, compare and register the zoo's models on one data set.
+
+    Args:
+        params: The study's parameters.
+        placement: Where the tasks run, planned for `concurrent_tasks` at most.
+        dataset: ``svhn`` or ``mnist``.
+        search: A model label to search over first (`zoo.search`), or None.
+        report_dir: Where the report goes (``reports/<dataset>`` by default).
+    """
     zoo = params.zoo
-    labels = zoo.train.get(dataset, [])  # type: ignore[call-overload]
+    labels = zoo.train.get(dataset, [])
     if not labels:
         raise DigitsError(f"zoo.train.{dataset}: no models listed for {dataset} in params.yaml")
     extra = params.data.svhn_extra and dataset == "svhn"
     data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
     experiment = f"zoo-{dataset}"
-    engine = Engine(params, experiment, data, max_tasks=concurrent_tasks(params, dataset, search))
+    engine = Engine(params, experiment, data, placement)
     synthetic = data.is_synthetic()
     out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
@@ -80,40 +131,7 @@ def train_zoo(
                 tracking.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
                 engine.logger.warning("%s failed: %s", label, failures[label])
                 continue
-            engine.record_final(run_id, result, {"epochs": recipes[label].optim.epochs})
-            tracking.log_dict(result.metrics.report, "classification_report.json", run_id=run_id)
-            name = f"{zoo.registered_model_prefix}-{dataset}-{label}"
-            version, promoted = engine.register(
-                run_id,
-                result,
-                name,
-                {
-                    "architecture": recipes[label].model.name,
-                    "params": json.dumps(recipes[label].model_dump()),
-                    "stage": "zoo",
-                },
-            )
-            engine.logger.info(
-                "%s: test accuracy %.4f, %d parameters, %.0f images/s; %s v%s%s",
-                label,
-                result.metrics.accuracy,
-                result.parameters,
-                result.images_per_second,
-                name,
-                version,
-                " (now champion)" if promoted else "",
-            )
-            spec = recipes[label].model
-            rows.append(
-                ZooRow.from_final(
-                    label,
-                    spec.name,
-                    parse_args(spec.name, spec.args).model_dump(),
-                    result,
-                    registered=f"{name} v{version}",
-                    run_id=run_id,
-                )
-            )
+            rows.append(_record_model(engine, zoo, dataset, label, recipes[label], run_id, result))
             confusions[label] = result.metrics.confusion
             histories[label] = result.history
         if not rows:

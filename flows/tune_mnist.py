@@ -1,6 +1,6 @@
 """Prefect flow: tune the MNIST dense network with cross-validation, retrain the best, test it once.
 
-python flows/tune_mnist.py [--params params.yaml]
+python -m flows.tune_mnist [--params params.yaml]
 """
 
 from __future__ import annotations
@@ -10,33 +10,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
-
-set_prefect_defaults()  # before prefect is imported
-
+import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import load_params
+from digits.config import Params
 from digits.edges import tracking
+from digits.edges.runner import Placement
 from digits.reports.mnist import tuning_table, write_mnist_report
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
-from flows._common import DataRef, Engine
-from flows._main import main
+from digits.sweep import SweepOutcome
+from flows.engine import Engine
+from flows.main import main
+from flows.tasks import DataRef
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
 
 
+def _record_sweep(outcome: SweepOutcome, profile: str) -> pd.DataFrame:
+    """Table 1 and the sweep's timings, into the sweep's run and a Prefect artifact."""
+    table = tuning_table(table1_rows(outcome.trials))
+    tracking.log_table(table, "table1.json")
+    create_table_artifact(
+        table=table.round(5).to_dict(orient="records"),
+        key="table-1",
+        description=f"Table 1: mean CV accuracy per cell ({profile} profile)",
+    )
+    tracking.log_metrics(
+        {
+            "cv_accuracy": outcome.best.mean_score(),
+            "startup_seconds": outcome.startup_seconds,
+            "sweep_seconds": outcome.sweep_seconds,
+            "train_seconds": outcome.train_seconds,
+            "failed_trials": len(outcome.failed),
+        }
+    )
+    return table
+
+
 @flow(name="tune-mnist")
 def tune_mnist(
-    params_path: str = "params.yaml", report_dir: str = str(REPORT_DIR)
+    params: Params, placement: Placement, report_dir: str = str(REPORT_DIR)
 ) -> dict[str, Any]:
-    """Cross-validated search (Table 1), final retrain and test, all recorded in MLflow."""
-    params = load_params(params_path)
+    """Cross-validated search (Table 1), final retrain and test, all recorded in MLflow.
+
+    Args:
+        params: The study's parameters.
+        placement: Where the tasks run (`digits.edges.runner.plan_placement`).
+        report_dir: Where reports/mnist's files are written.
+    """
     study = params.mnist
     data = DataRef("mnist", params.data.root, study.train_subset, study.test_subset, params.seed)
-    engine = Engine(params, EXPERIMENT, data)
+    engine = Engine(params, EXPERIMENT, data, placement)
     strategy = study.search.strategy
     started = time.perf_counter()
     sweep_name = f"sweep-{strategy}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -45,22 +71,7 @@ def tune_mnist(
         engine.log_dataset("train")
         outcome = engine.sweep(study.search, study.recipe, study.folds)
         best = outcome.best
-        table = tuning_table(table1_rows(outcome.trials))
-        tracking.log_table(table, "table1.json")
-        create_table_artifact(
-            table=table.round(5).to_dict(orient="records"),
-            key="table-1",
-            description=f"Table 1: mean CV accuracy per cell ({params.profile} profile)",
-        )
-        tracking.log_metrics(
-            {
-                "cv_accuracy": best.mean_score(),
-                "startup_seconds": outcome.startup_seconds,
-                "sweep_seconds": outcome.sweep_seconds,
-                "train_seconds": outcome.train_seconds,
-                "failed_trials": len(outcome.failed),
-            }
-        )
+        table = _record_sweep(outcome, params.profile)
 
         future, run_id = engine.start_final(best.recipe, f"final-{cell_name(best.recipe)}")
         (final,) = engine.wait_final([future])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -24,6 +25,17 @@ UNREACHABLE = "http://127.0.0.1:9"
 
 MNIST_TRAIN, MNIST_TEST = 200, 50
 SVHN_TRAIN, SVHN_TEST = 60, 30
+
+
+# What the sweep's core must run without: its tests make these unimportable while they run.
+ORCHESTRATION = ("prefect", "prefect_dask", "mlflow", "dask", "distributed")
+
+
+@pytest.fixture
+def without_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the test runs, importing Prefect, MLflow or Dask raises ImportError."""
+    for name in ORCHESTRATION:
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 @pytest.fixture(autouse=True)

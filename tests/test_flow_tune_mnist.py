@@ -61,6 +61,15 @@ def tiny_study(
     return path
 
 
+def _planned(params_path: Path) -> tuple[Any, Any]:
+    """The params and placement `flows.main.main` hands a flow."""
+    from digits.config import load_params
+    from digits.edges.runner import plan_placement
+
+    params = load_params(params_path)
+    return params, plan_placement(params.compute)
+
+
 def _runs(tmp_path: Path) -> list[Any]:
     client = MlflowClient()
     experiment = client.get_experiment_by_name("digits-mnist")
@@ -95,8 +104,11 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     from digits.edges import tracking
     from digits.edges.runner import task_runner
 
-    runner = task_runner(load_params(tiny_study).compute)
-    summary = tune_mnist.with_options(task_runner=runner)(str(tiny_study), str(tmp_path / "report"))
+    params, placement = _planned(tiny_study)
+    runner = task_runner(params.compute, placement)
+    summary = tune_mnist.with_options(task_runner=runner)(
+        params, placement, str(tmp_path / "report")
+    )
 
     runs = _runs(tmp_path)
     assert all(run.info.status == "FINISHED" for run in runs)
@@ -133,7 +145,7 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
 def test_a_nan_trial_fails_alone_and_a_transient_error_is_retried(
     tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows._common as engine
+    import flows.tasks as engine
     import flows.tune_mnist as module
 
     real = engine.evaluate_fold
@@ -156,7 +168,9 @@ def test_a_nan_trial_fails_alone_and_a_transient_error_is_retried(
         return real(recipe, images, labels, train_idx, val_idx, *args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate_fold", evaluate_fold)
-    summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))  # thread-pool runner
+    summary = module.tune_mnist(
+        *_planned(tiny_study), str(tmp_path / "report")
+    )  # thread-pool runner
 
     runs = {r.info.run_name: r for r in _runs(tmp_path)}
     failed = [r for r in runs.values() if r.info.status == "FAILED"]
@@ -176,7 +190,7 @@ def test_a_nan_trial_fails_alone_and_a_transient_error_is_retried(
 def test_every_trial_failing_is_one_clear_error(
     tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows._common as engine
+    import flows.tasks as engine
     import flows.tune_mnist as module
 
     def diverge(*args: Any, **kwargs: Any) -> None:
@@ -184,7 +198,7 @@ def test_every_trial_failing_is_one_clear_error(
 
     monkeypatch.setattr(engine, "evaluate_fold", diverge)
     with pytest.raises(TrainingDiverged, match="all 4 configurations failed"):
-        module.tune_mnist(str(tiny_study), str(tmp_path / "report"))
+        module.tune_mnist(*_planned(tiny_study), str(tmp_path / "report"))
     assert all(r.info.status == "FAILED" for r in _runs(tmp_path))
 
 
@@ -201,7 +215,7 @@ def test_optuna_strategy_asks_tells_and_prunes(
         "optim": {"epochs": [1, 2], "batch_size": [64], "lr": {"low": 1e-3, "high": 1e-2}},
     }
     tiny_study.write_text(yaml.safe_dump(raw))
-    summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))
+    summary = module.tune_mnist(*_planned(tiny_study), str(tmp_path / "report"))
     trials = [r for r in _runs(tmp_path) if r.info.run_name.startswith("trial-")]
     assert len(trials) == 4
     assert summary["best"]["width"] in (8, 16)
@@ -219,7 +233,7 @@ def test_zoo_flow_searches_trains_registers_and_compares(
     )
     raw["zoo"]["optim"]["epochs"] = 1
     tiny_study.write_text(yaml.safe_dump(raw))
-    summary = train_zoo(str(tiny_study), "mnist", "lenet5", str(tmp_path / "zoo"))
+    summary = train_zoo(*_planned(tiny_study), "mnist", "lenet5", str(tmp_path / "zoo"))
 
     assert set(summary["models"]) == {"lenet5"}
     client = MlflowClient()
@@ -248,7 +262,7 @@ def test_zoo_flow_searches_trains_registers_and_compares(
 def test_packed_sweep_records_every_trial_as_its_own_run_and_fails_one_alone(
     tiny_study: Path, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows._packing as packing
+    import flows.tasks as packing
     import flows.tune_mnist as module
     from prefect.client.orchestration import get_client
 
@@ -274,7 +288,9 @@ def test_packed_sweep_records_every_trial_as_its_own_run_and_fails_one_alone(
         return real(changed, *args, **kwargs)
 
     monkeypatch.setattr(packing, "evaluate_folds_packed", evaluate_folds_packed)
-    summary = module.tune_mnist(str(tiny_study), str(tmp_path / "report"))  # thread-pool runner
+    summary = module.tune_mnist(
+        *_planned(tiny_study), str(tmp_path / "report")
+    )  # thread-pool runner
 
     # 4 trials x 2 folds went out as one pack per worker (2), every fold at once
     assert sorted(len(p) for p in packs) == [4, 4]

@@ -10,7 +10,7 @@ from digits.config import ModelSpec, OptimConfig, Recipe, SearchConfig
 from digits.metrics import classification_metrics
 from digits.reports.mnist import ORIGINAL_TABLE1, tuning_table, write_mnist_report
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
-from digits.sweep import SweepScheduler, Trial
+from digits.sweep.scheduler import SweepScheduler, Trial
 
 BASE = Recipe(
     model=ModelSpec(

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from digits.config import ModelSpec, OptimConfig, Recipe, SearchConfig, SearchSpace, load_params
-from digits.search import (
+from digits.sweep.search import (
     apply,
     describe,
     grid_values,

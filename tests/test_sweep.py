@@ -1,8 +1,13 @@
-"""The sweep scheduler, driven with made-up fold scores: nothing trains here."""
+"""The sweep scheduler and the real sweep driver, with made-up fold scores: nothing trains here.
+
+The driver runs with in-memory stand-ins for its submitter and recorder (`sweepfakes`), and with
+Prefect, MLflow and Dask unimportable: the sweep's core needs none of them.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +15,12 @@ import optuna
 import pytest
 
 from digits.config import ModelSpec, OptimConfig, Recipe, SearchConfig
-from digits.sweep import Launch, SweepScheduler, Trial
+from digits.errors import DiskFull, TrainingDiverged
+from digits.sweep import Launch, SweepDriver, SweepScheduler, Trial
+from digits.training.recipe import FoldResult
+from sweepfakes import FakeRecorder, FakeSubmitter, fold_result
+
+pytestmark = pytest.mark.usefixtures("without_orchestration")
 
 BASE = Recipe(
     model=ModelSpec(name="mlp", args={"depth": 1, "width": 8, "activation": "relu"}),
@@ -35,23 +45,30 @@ def optuna_search(n_trials: int) -> SearchConfig:
 def drive(
     scheduler: SweepScheduler, score: Score, fails: Callable[[Trial, int], bool] | None = None
 ) -> tuple[list[Launch], int]:
-    """Run the sweep to the end, finishing launched folds first in, first out.
+    """Run the sweep to the end with the real driver, folds finishing first in, first out.
 
     Returns every launch in order and the most trials that were running at any one time.
     """
-    pending = deque(scheduler.start())
-    launched = list(pending)
-    most_running = 0
-    while pending:
-        most_running = max(most_running, sum(t.state == "running" for t in scheduler.trials))
-        trial, fold = pending.popleft()
+
+    def outcome(trial: Trial, fold: int) -> FoldResult | BaseException:
         if fails is not None and fails(trial, fold):
-            following = scheduler.fold_failed(trial, fold, f"fold {fold} broke")
-        else:
-            following = scheduler.fold_done(trial, fold, score(trial, fold), {"fold": fold})
-        pending.extend(following)
-        launched += following
-    return launched, most_running
+            return RuntimeError(f"fold {fold} broke")
+        return fold_result(score(trial, fold))
+
+    submitter = FakeSubmitter(outcome)
+    submitter.scheduler = scheduler
+    SweepDriver(scheduler, submitter, FakeRecorder(), show_progress=False).run()
+    return submitter.launched, submitter.most_running
+
+
+def test_the_sweep_core_imports_no_orchestrator_or_tracker() -> None:
+    code = (
+        "import sys, digits.sweep, digits.sweep.driver; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'prefect', 'prefect_dask', 'mlflow', 'dask', 'distributed'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------ grid and random
@@ -118,16 +135,19 @@ def test_a_failed_fold_fails_its_trial_and_the_sweep_goes_on() -> None:
     assert [f for t, f in launched if t.number == 1] == [0, 1]  # no fold after the failure
     failed = scheduler.trials[1]
     assert failed.state == "failed"
-    assert failed.failure == "fold 1 broke"
+    assert failed.failure == "RuntimeError: fold 1 broke"
     assert [t.state for t in scheduler.trials] == ["complete", "failed", "complete", "complete"]
     assert [t.number for t in scheduler.completed] == [0, 2, 3]
     best = scheduler.best()
     assert best is not None and best.number == 3  # never the failed trial
 
 
-def test_best_is_none_when_every_trial_failed() -> None:
+def test_every_trial_failing_is_one_error_naming_the_first_reason() -> None:
     scheduler = SweepScheduler(GRID, BASE, folds=FOLDS, seed=0)
-    drive(scheduler, lambda t, fold: 1.0, fails=lambda t, fold: True)
+    with pytest.raises(
+        TrainingDiverged, match=r"^all 4 configurations failed; first reason: RuntimeError: fold 0"
+    ):
+        drive(scheduler, lambda t, fold: 1.0, fails=lambda t, fold: True)
     assert scheduler.best() is None
     assert {t.state for t in scheduler.trials} == {"failed"}
 
@@ -274,3 +294,70 @@ def test_parallel_folds_ignore_the_folds_of_a_trial_that_failed() -> None:
 def test_optuna_keeps_its_folds_in_order_when_asked_for_parallel_folds() -> None:
     scheduler = SweepScheduler(optuna_search(2), BASE, FOLDS, seed=0, slots=2, parallel_folds=True)
     assert [fold for _, fold in scheduler.start()] == [0, 0]  # its pruner needs them one by one
+
+
+# ------------------------------------------------------------------ the driver: recording, policy
+
+
+def grid_driver(outcome: Callable[[Trial, int], Any], **options: Any) -> tuple[Any, Any, Any]:
+    submitter, recorder = FakeSubmitter(outcome), FakeRecorder()
+    scheduler = SweepScheduler(GRID, BASE, folds=FOLDS, seed=0)
+    driver = SweepDriver(scheduler, submitter, recorder, show_progress=False, **options)
+    return driver, submitter, recorder
+
+
+def test_the_driver_records_each_trial_as_one_run_with_its_scores() -> None:
+    driver, _, recorder = grid_driver(
+        lambda t, fold: fold_result(0.5 + 0.1 * t.number + 0.01 * fold)
+    )
+    outcome = driver.run()
+
+    assert outcome.best.number == 3 and outcome.failed == []
+    assert outcome.train_seconds == pytest.approx(4 * FOLDS * 1.0)
+    assert recorder.statuses() == dict.fromkeys(range(4), "FINISHED")
+    run = recorder.trial(2)
+    assert run["name"] == "trial-002 activation=tanh width=8"
+    assert run["metrics"]["cv_accuracy"] == pytest.approx(0.71)
+    assert run["metrics"]["fold2/accuracy"] == pytest.approx(0.72)
+    assert run["tags"] == {"state": "complete", "folds_from_earlier_run": 0}
+
+
+def test_a_failed_fold_ends_its_trial_only_and_the_sweep_goes_on() -> None:
+    def outcome(trial: Trial, fold: int) -> FoldResult | BaseException:
+        if trial.number == 1 and fold == 1:
+            return TrainingDiverged("loss became nan at epoch 1")
+        return fold_result(0.9)
+
+    driver, submitter, recorder = grid_driver(outcome)
+    result = driver.run()
+
+    assert [t.number for t in result.failed] == [1]
+    assert recorder.statuses() == {0: "FINISHED", 1: "FAILED", 2: "FINISHED", 3: "FINISHED"}
+    assert recorder.trial(1)["tags"]["failure_reason"] == (
+        "TrainingDiverged: loss became nan at epoch 1"
+    )
+    assert [f for t, f in submitter.launched if t.number == 1] == [0, 1]  # nothing after it
+    assert len(submitter.launched) == 3 * FOLDS + 2  # every other fold trained
+
+
+def test_a_full_disk_ends_the_whole_sweep() -> None:
+    def outcome(trial: Trial, fold: int) -> FoldResult | BaseException:
+        return DiskFull("no space left on device") if trial.number == 1 else fold_result(0.9)
+
+    driver, submitter, recorder = grid_driver(outcome)
+    with pytest.raises(DiskFull, match="no space left"):
+        driver.run()
+    # Trial 0's first fold came back (its next fold went out), then trial 1's full disk: no
+    # trial was failed for it and nothing more was launched.
+    assert len(submitter.launched) == 4 + 1
+    assert "FAILED" not in recorder.statuses().values()
+
+
+def test_startup_is_the_wait_for_the_first_trained_fold_less_its_training() -> None:
+    ticks = iter([100.0, 107.0, 130.0])  # the sweep starts; the first fold arrives; it ends
+    driver, _, _ = grid_driver(
+        lambda t, fold: fold_result(0.9, train_seconds=2.0), clock=lambda: next(ticks, 130.0)
+    )
+    outcome = driver.run()
+    assert outcome.startup_seconds == pytest.approx(5.0)
+    assert outcome.sweep_seconds == pytest.approx(30.0)

@@ -12,7 +12,7 @@ from typing import Any
 from digits.config import Recipe
 from digits.models import parse_args
 from digits.models.mlp import MLPArgs
-from digits.sweep import Trial
+from digits.sweep.scheduler import Trial
 
 
 def _mlp_args(recipe: Recipe) -> MLPArgs:

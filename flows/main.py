@@ -1,7 +1,8 @@
 """What every flow shares without the sweep engine: `main`, provenance, links, the retry rule.
 
-Kept apart from `flows._common` so a flow that runs no sweep (theory) does not depend on the engine,
-and its DVC stage is not re-run when the engine changes.
+`main` reads argv, loads params.yaml once and plans where tasks run once, and hands both to the
+flow. Kept apart from `flows.engine` so a flow that runs no sweep (theory) does not depend on the
+engine, and its DVC stage is not re-run when the engine changes.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ def main(
     max_tasks: Callable[..., int | None] | None = None,
     **extra: Any,
 ) -> None:
-    """`python flows/<study>.py [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
+    """`python -m flows.<study> [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
 
     Args:
-        flow: The Prefect flow; called with `params_path` and the extra options.
+        flow: The Prefect flow; called with the loaded `Params`, the planned `Placement` and the
+            extra options.
         description: The flow's one-line description, for --help.
         max_tasks: Given the params and the extra options, the most tasks the flow runs at once
             (None: as many as there are workers); see `digits.edges.runner.plan_placement`.
@@ -143,8 +145,9 @@ def main(
     def run() -> Any:
         params = load_params(args.params)
         most = max_tasks(params, **options) if max_tasks else None
-        runner = task_runner(params.compute, plan_placement(params.compute, max_tasks=most))
+        placement = plan_placement(params.compute, max_tasks=most)
+        runner = task_runner(params.compute, placement)
         with shared_prefect_api():
-            return flow.with_options(task_runner=runner)(args.params, **options)  # type: ignore[attr-defined]
+            return flow.with_options(task_runner=runner)(params, placement, **options)  # type: ignore[attr-defined]
 
     run_or_exit(run)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from digits.config import Recipe, SearchConfig
 from digits.errors import DigitsError
 from digits.files import write_atomic
 from digits.training.recipe import FoldResult
@@ -86,28 +88,30 @@ class SweepStore:
         """How many fold results are stored."""
         return len(list((self.directory / "folds").glob("*.json")))
 
-    def claim(self) -> None:
+    def claim(self, owner: Mapping[str, str], is_gone: Callable[[Mapping[str, str]], bool]) -> None:
         """Make this process the sweep's one writer; a killed earlier writer's lock is dropped.
+
+        Args:
+            owner: This process's identity (its host, pid and start time, as tags).
+            is_gone: Whether the process an earlier owner's identity names no longer runs.
 
         Raises:
             DigitsError: the sweep is being run by another live process on this host.
         """
-        from digits.edges.tracking import owner_is_gone, process_tags
-
         owner_file = self.directory / "owner.json"
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            owner = json.loads(owner_file.read_text())
+            earlier = json.loads(owner_file.read_text())
         except (OSError, ValueError):
-            owner = None
-        if owner and owner != process_tags() and not owner_is_gone(owner):
+            earlier = None
+        if earlier and earlier != dict(owner) and not is_gone(earlier):
             raise DigitsError(
-                f"this sweep is already running (process {owner.get('digits.pid')} on "
-                f"{owner.get('digits.host')}); wait for it to end, or end it, and run again"
+                f"this sweep is already running (process {earlier.get('digits.pid')} on "
+                f"{earlier.get('digits.host')}); wait for it to end, or end it, and run again"
             )
         # Optuna's journal lock of a writer that was killed holding it would block for good.
         (self.directory / "study.journal.lock").unlink(missing_ok=True)
-        write_atomic(owner_file, json.dumps(process_tags()).encode())
+        write_atomic(owner_file, json.dumps(dict(owner)).encode())
 
     def study_storage(self) -> optuna.storages.BaseStorage:
         """Optuna's journal storage in this sweep's folder (created on first use)."""
@@ -125,6 +129,38 @@ class SweepStore:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def sweep_key(**identity: Any) -> str:
-    """The key of a sweep from everything its results depend on, the core's code included."""
+def sweep_key(
+    *,
+    experiment: str,
+    data: Sequence[Any],
+    search: SearchConfig,
+    base: Recipe,
+    folds: int,
+    seed: int,
+    device: str,
+    packing: bool,
+) -> str:
+    """The key of a sweep from everything its results depend on, the core's code included.
+
+    Args:
+        experiment: The MLflow experiment the sweep records into.
+        data: What identifies the arrays (content checksum, subsets, extra split).
+        search: The search (strategy, grid or space, budget).
+        base: The recipe every trial starts from.
+        folds: Cross-validation folds per trial.
+        seed: The sweep's seed.
+        device: Where the fits run (`cpu`, `cuda`, a cluster address).
+        packing: Whether fits are packed (a packed fit equals an unpacked one within float
+            tolerance only).
+    """
+    identity = {
+        "experiment": experiment,
+        "data": list(data),
+        "search": search.model_dump(mode="json"),
+        "base": base.model_dump(mode="json"),
+        "folds": folds,
+        "seed": seed,
+        "device": device,
+        "packing": packing,
+    }
     return stable_key(identity, code_fingerprint())

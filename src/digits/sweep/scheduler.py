@@ -1,11 +1,11 @@
 """The sweep scheduler: which (trial, fold) to train next, as results come back.
 
-It is a pure state machine over `digits.search`'s strategies: it never trains, waits or records.
-A driver (the flows' engine) asks it what to launch, launches it anywhere, and tells it each fold's
-result or failure; it answers with what to launch next. Folds of one trial run one after another,
-so Optuna's pruner can stop a weak trial after any fold; trials run side by side, `slots` at a time
-for Optuna (which learns from finished trials), all at once for grid and random search (the
-cluster hands them out as workers free up).
+It is a pure state machine over `digits.sweep.search`'s strategies: it never trains, waits or
+records. A driver (`digits.sweep.driver`) asks it what to launch, launches it anywhere, and tells
+it each fold's result or failure; it answers with what to launch next. Folds of one trial run one
+after another, so Optuna's pruner can stop a weak trial after any fold; trials run side by side,
+`slots` at a time for Optuna (which learns from finished trials), all at once for grid and random
+search (the cluster hands them out as workers free up).
 
 Given a persistent Optuna study that an interrupted sweep left behind, it continues that study:
 finished trials are replayed (their folds asked for again, which the driver answers from its
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import optuna
 
 from digits.config import Recipe, SearchConfig
-from digits.search import (
+from digits.sweep.search import (
     Values,
     apply,
     describe,
@@ -44,7 +44,7 @@ class Trial:
 
     Attributes:
         number: Position in the sweep (Optuna's trial number for optuna).
-        values: The searched values (`digits.search.Values`).
+        values: The searched values (`digits.sweep.search.Values`).
         recipe: The base recipe with `values` applied.
         scores: Validation accuracy of each finished fold, by fold index.
         outcomes: Whatever the driver got back for each fold (histories, timings).

@@ -1,0 +1,377 @@
+"""The adapters between the sweep driver and the outside, and what every training flow shares.
+
+* `PrefectSubmitter`: the driver's `digits.sweep.Submitter` on Prefect: a fit is a `train_fold`
+  task, a pack a `train_pack` task, named after their trials; waiting records the epochs the
+  tasks publish and is where Ctrl-C / SIGTERM are raised;
+* `MlflowRecorder`: the driver's `digits.sweep.Recorder` on MLflow: one child run per trial;
+* `Engine`: one study's flow run: provenance, the MLflow experiment, the progress feed; `sweep`
+  runs `digits.sweep.SweepDriver` with the two adapters over a `SweepStore` keyed on what the
+  sweep's results depend on; `start_final` / `wait_final` / `record_final` train a recipe on all
+  training images and score the test set once; `register` registers and promotes the model.
+
+`flows.main` holds what every flow shares without the engine (argv, provenance, links).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.futures import wait
+
+from digits.config import Params, Recipe, SearchConfig
+from digits.data.arrays import prepared_checksum
+from digits.edges import registry, tracking
+from digits.edges.cli import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
+from digits.edges.runner import Placement, ProgressFeed, task_slots
+from digits.errors import DigitsError
+from digits.sweep import Fit, FoldEvent, SweepDriver, SweepOutcome, SweepStore, Trial, sweep_key
+from digits.sweep.packing import packing_enabled
+from digits.training.recipe import FinalResult
+from flows.main import flow_run_tags, git_commit, link_mlflow_records
+from flows.tasks import EPOCH_KEYS, DataRef, Progress, train_final, train_fold, train_pack
+
+
+def recipe_params(recipe: Recipe) -> dict[str, Any]:
+    """A recipe as flat MLflow parameters: `model`, `model.<arg>`, `optim.<field>`."""
+    flat: dict[str, Any] = {"model": recipe.model.name}
+    flat |= {f"model.{key}": value for key, value in recipe.model.args.items()}
+    for key, value in recipe.optim.model_dump().items():
+        if isinstance(value, dict):
+            flat |= {f"optim.{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[f"optim.{key}"] = value
+    return flat
+
+
+def fold_outcomes(future: Any, fits: int) -> list[Any]:
+    """Per fit of a finished task (a Prefect future): its result, or the exception it ended with.
+
+    A pack's result is its list of outcomes; a single fold's task gives one. A task that failed
+    as a whole, after its retries, fails every fit it trained.
+    """
+    try:
+        result = future.result()
+    except Exception as error:  # the task failed as a whole (after its retries)
+        return [error] * fits
+    return list(result) if isinstance(result, list) else [result]
+
+
+class PrefectSubmitter:
+    """Fits as Prefect tasks on the flow's task runner (`digits.sweep.Submitter`)."""
+
+    def __init__(self, engine: Engine, folds: int) -> None:
+        self.engine, self.folds = engine, folds
+        self.active: dict[Any, list[Fit]] = {}  # a task's future -> the fits it trains
+
+    def _progress(self, fit: Fit) -> Progress:
+        return Progress(
+            self.engine.feed.topic,
+            fit.run_id,
+            f"fold{fit.fold}/",
+            fit.name,
+            fit.trial.recipe.optim.epochs,
+        )
+
+    def submit_fit(self, fit: Fit) -> None:
+        engine = self.engine
+        fold_task = train_fold.with_options(
+            task_run_name=f"{fit.trial.name} fold {fit.fold + 1}/{self.folds}", **engine.retries
+        )
+        future = fold_task.submit(
+            engine.data,
+            fit.trial.recipe,
+            fit.fold,
+            self.folds,
+            engine.params.seed,
+            engine.params.compute,
+            self._progress(fit),
+        )
+        self.active[future] = [fit]
+
+    def submit_pack(self, fits: Sequence[Fit]) -> None:
+        engine = self.engine
+        names = f"{fits[0].trial.name} ... {fits[-1].trial.name}"
+        pack_task = train_pack.with_options(
+            task_run_name=f"pack of {len(fits)} fits ({names})", **engine.retries
+        )
+        future = pack_task.submit(
+            engine.data,
+            [(fit.trial.recipe, fit.fold, self._progress(fit)) for fit in fits],
+            self.folds,
+            engine.params.seed,
+            engine.params.compute,
+        )
+        self.active[future] = list(fits)
+
+    def wait(self) -> list[FoldEvent]:
+        events: list[FoldEvent] = []
+        for future in self.engine.wait_any(list(self.active)):
+            fits = self.active.pop(future)
+            outcomes = fold_outcomes(future, len(fits))
+            events += [FoldEvent(fit, out) for fit, out in zip(fits, outcomes, strict=True)]
+        return events
+
+
+class MlflowRecorder:
+    """One child MLflow run per trial, under the sweep's run (`digits.sweep.Recorder`)."""
+
+    def __init__(
+        self, experiment: str, tags: Mapping[str, Any], parent_run_id: str | None, folds: int
+    ) -> None:
+        self.experiment, self.tags, self.parent, self.folds = experiment, tags, parent_run_id, folds
+
+    def create_trial_run(self, trial: Trial) -> str:
+        return tracking.create_run(
+            self.experiment,
+            trial.name,
+            params={**recipe_params(trial.recipe), "folds": self.folds},
+            tags={**self.tags, "trial": trial.number, "stage": "trial"},
+            parent_run_id=self.parent,
+        )
+
+    def log_curve(self, run_id: str, prefix: str, history: list[dict[str, float]]) -> None:
+        for row in history:
+            metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
+            tracking.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
+
+    def log_trial_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        tracking.log_run_metrics(run_id, dict(metrics), step=step)
+
+    def end_trial_run(
+        self, run_id: str, status: Literal["FINISHED", "FAILED"], tags: Mapping[str, Any]
+    ) -> None:
+        tracking.end_run(run_id, status, dict(tags))
+
+
+class Engine:
+    """One study's flow run: provenance, the MLflow experiment and the progress feed.
+
+    Create it inside a Prefect flow.
+
+    Args:
+        params: The study's parameters (loaded once, by `flows.main.main`).
+        experiment: The MLflow experiment (without the project's prefix).
+        data: The arrays the study trains on.
+        placement: Where tasks run (planned once, by `flows.main.main`).
+    """
+
+    def __init__(
+        self, params: Params, experiment: str, data: DataRef, placement: Placement
+    ) -> None:
+        self.params, self.experiment, self.data = params, experiment, data
+        self.placement = placement
+        self.logger = get_run_logger()
+        tracking.configure(params.tracking)
+        self.checksum = prepared_checksum(data.dataset, data.root)
+        context = FlowRunContext.get()
+        runner = context.task_runner if context else None
+        flow_tags = flow_run_tags()
+        self.flow_run_id = flow_tags[tracking.PREFECT_FLOW_RUN_TAG]
+        self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
+        self.slots = task_slots(placement, runner)
+        self.retries = {
+            "retries": params.compute.task_retries,
+            "retry_delay_seconds": params.compute.retry_delay_s,
+        }
+        self.tags = {
+            "profile": params.profile,
+            "dataset": data.dataset,
+            "data_checksum": self.checksum,
+            "synthetic": str(data.is_synthetic()).lower(),
+            "git_commit": git_commit(),
+            "placement": placement.describe(),
+            **flow_tags,
+        }
+        self.logger.info("placement: %s; %d task(s) at once", placement.describe(), self.slots)
+        self._stores: list[SweepStore] = []
+        reclaim_sigterm()
+        ended = tracking.end_orphaned_runs(experiment)
+        if ended:
+            self.logger.warning(
+                "%d run(s) left RUNNING by a process that no longer exists ended as KILLED",
+                len(ended),
+            )
+
+    # ------------------------------------------------------------------------------ recording
+
+    def log_dataset(self, context: str) -> None:
+        """Record the data set in the active run, as MLflow's dataset input."""
+        name = f"{self.data.dataset}{' (synthetic)' if self.data.is_synthetic() else ''}"
+        source = Path(self.data.root) / "prepared" / self.data.dataset
+        tracking.log_dataset(name, self.checksum, source, context, self.data.test_examples())
+
+    def _record_epochs(self) -> None:
+        for message in self.feed.drain():
+            tracking.log_run_metrics(
+                message["run_id"],
+                message["metrics"],
+                step=message["step"],
+                timestamp_ms=message["time_ms"],
+                prefix=message["prefix"],
+            )
+
+    def wait_any(self, futures: list[Any]) -> list[Any]:
+        """Block until at least one future is done, recording epochs as they arrive.
+
+        The place where a Ctrl-C or SIGTERM received meanwhile is raised (see
+        `digits.edges.cli.deferred_interrupts`).
+        """
+        while True:
+            done = wait(futures, timeout=0.5).done
+            self._record_epochs()
+            raise_if_interrupted()
+            if done:
+                return [f for f in futures if f in done]
+
+    # ---------------------------------------------------------------------------------- sweep
+
+    @deferred_interrupts()  # Ctrl-C / SIGTERM raised in wait_any, not inside a submission
+    def sweep(self, search: SearchConfig, base: Recipe, folds: int) -> SweepOutcome:
+        """Cross-validate every trial the search asks for; record each as a child MLflow run.
+
+        Must run inside an active MLflow run (the sweep's), which becomes every trial's parent.
+
+        Raises:
+            TrainingDiverged: when every trial failed (the first reason is given).
+            DiskFull: a fit found the disk full.
+        """
+        packing = packing_enabled(self.params.compute.packing, self.placement.kind)
+        recorder = MlflowRecorder(self.experiment, self.tags, tracking.active_run_id(), folds)
+        store = self.sweep_store(search, base, folds, packing)
+        driver = SweepDriver.for_search(
+            search,
+            base,
+            folds,
+            self.params.seed,
+            PrefectSubmitter(self, folds),
+            recorder,
+            store=store,
+            packing=packing,
+            workers=self.slots,
+            logger=self.logger,
+        )
+        outcome = driver.run()
+        self._record_epochs()
+        return outcome
+
+    def sweep_store(
+        self, search: SearchConfig, base: Recipe, folds: int, packing: bool = False
+    ) -> SweepStore:
+        """Where this sweep keeps finished folds and its study, keyed on what its results need."""
+        key = sweep_key(
+            experiment=self.experiment,
+            data=[self.checksum, self.data.train_subset, self.data.test_subset, self.data.extra],
+            search=search,
+            base=base,
+            folds=folds,
+            seed=self.params.seed,
+            device=self.placement.kind,
+            packing=packing,
+        )
+        store = SweepStore(self.params.compute.checkpoint_dir, key)
+        store.claim(tracking.process_tags(), tracking.owner_is_gone)
+        self._stores.append(store)
+        return store
+
+    # ---------------------------------------------------------------------------------- final
+
+    def start_final(
+        self, recipe: Recipe, run_name: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[Any, str]:
+        """Submit the final fit of `recipe`; returns (future, run id of its RUNNING MLflow run)."""
+        run_id = tracking.create_run(
+            self.experiment,
+            run_name,
+            params={**recipe_params(recipe), **(params or {})},
+            tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
+            parent_run_id=tracking.active_run_id(),
+        )
+        final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
+        future = final_task.submit(
+            self.data,
+            recipe,
+            self.params.seed,
+            self.params.compute,
+            Progress(self.feed.topic, run_id, "", run_name, recipe.optim.epochs),
+        )
+        return future, run_id
+
+    @deferred_interrupts()
+    def wait_final(self, futures: list[Any]) -> list[Any]:
+        """Results (or the exception) of final fits, in order, recording epochs while waiting."""
+        pending = list(futures)
+        while pending:
+            for future in self.wait_any(pending):
+                pending.remove(future)
+        out: list[Any] = []
+        for future in futures:
+            try:
+                out.append(future.result())
+            except Exception as error:
+                out.append(error)
+        return out
+
+    def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:
+        """The test scores and the rest of a final fit, into its run."""
+        metrics = result.metrics
+        tracking.log_run_metrics(
+            run_id,
+            {
+                "accuracy": metrics.accuracy,
+                "precision": metrics.precision_macro,
+                "recall": metrics.recall_macro,
+                "f1": metrics.f1_macro,
+                "train_accuracy_final": result.train_accuracy,
+                "generalisation_gap": result.train_accuracy - metrics.accuracy,
+                "parameters": result.parameters,
+                "train_seconds": result.train_seconds,
+                "images_per_second": result.images_per_second,
+                **extra,
+            },
+            step=len(result.history),
+        )
+
+    def register(
+        self, run_id: str, result: FinalResult, name: str, tags: Mapping[str, Any]
+    ) -> tuple[str, bool]:
+        """Register the model of run `run_id` (raw uint8 pixels in); promote it when better.
+
+        The version is tagged with its profile and test set, so that promotion compares it only
+        with versions scored like it (`digits.edges.registry`).
+
+        Returns:
+            (version, whether it became the champion).
+        """
+        example = self.data.test_examples()
+        test_set = self.data.test_set(self.checksum)
+        version = tracking.register_model_in_run(
+            run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
+        )
+        decision = registry.promote_if_better(name, version)
+        self.logger.info("%s v%s: %s", name, version, decision.reason)
+        return version, decision.promoted
+
+    def close(self) -> None:
+        """The flow completed: record the last epochs, list the flow run's MLflow runs in a
+        Prefect artifact, drop what only a resume would need."""
+        self._record_epochs()
+        self.feed.close()
+        link_mlflow_records(f"{self.experiment} ({self.params.profile})")
+        for store in self._stores:
+            store.clear()
+
+
+__all__ = [
+    "DataRef",
+    "DigitsError",
+    "Engine",
+    "MlflowRecorder",
+    "PrefectSubmitter",
+    "SweepOutcome",
+    "recipe_params",
+]
