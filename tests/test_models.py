@@ -212,4 +212,4 @@ def test_unknown_model_name_lists_the_available_ones() -> None:
 def test_registering_a_taken_name_fails() -> None:
     spec = InputSpec(channels=None, size=None, min_size=1, native_size=28)
     with pytest.raises(ValueError, match="already registered"):
-        register_model("mlp", MLPArgs, input_spec=lambda args: spec)(mlp)
+        register_model("mlp", MLPArgs, input_spec=lambda args: spec, weight_layers=1)(mlp)
