@@ -136,6 +136,36 @@ def evaluate(
     return loss_sum, correct
 
 
+def epoch_train_scores(
+    batch_losses: Tensor, correct: int, n: int, cfg: OptimConfig, epoch: int
+) -> tuple[float, float]:
+    """An epoch's mean training loss and accuracy, from what its batches recorded.
+
+    Args:
+        batch_losses: (n_batches,) mean loss of each batch, on the host; every batch holds
+            `cfg.batch_size` images but the last, which holds the rest of the `n`.
+        correct: Training images classified correctly during the epoch.
+        n: Training images.
+        cfg: The run's settings (batch size; learning rate and optimiser for the message).
+        epoch: The epoch's number, for the message.
+
+    Raises:
+        TrainingDiverged: if a batch loss is NaN or infinite, naming the first such batch.
+    """
+    n_batches = batch_losses.shape[0]
+    finite = torch.isfinite(batch_losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise TrainingDiverged(
+            f"training diverged: non-finite loss {float(batch_losses[bad])} at epoch {epoch}, "
+            f"batch {bad + 1} of {n_batches} (lr={cfg.lr}, optimizer={cfg.optimizer}); "
+            "lower the learning rate"
+        )
+    sizes = torch.full((n_batches,), float(cfg.batch_size))
+    sizes[-1] = n - (n_batches - 1) * cfg.batch_size
+    return float((batch_losses * sizes).sum()) / n, correct / n
+
+
 def _capture(
     key: str,
     epoch: int,
@@ -296,19 +326,9 @@ def _fit(
             correct += (logits.detach().argmax(dim=1) == yb).sum()
 
         # The one host sync of the epoch: every batch loss, to find divergence and the mean.
-        losses = batch_losses.cpu()
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0])
-            raise TrainingDiverged(
-                f"training diverged: non-finite loss {float(losses[bad])} at epoch {epoch}, "
-                f"batch {bad + 1} of {n_batches} (lr={cfg.lr}, optimizer={cfg.optimizer}); "
-                "lower the learning rate"
-            )
-        sizes = torch.full((n_batches,), float(cfg.batch_size))
-        sizes[-1] = n - (n_batches - 1) * cfg.batch_size
-        train_loss = float((losses * sizes).sum()) / n
-        train_accuracy = int(correct) / n
+        train_loss, train_accuracy = epoch_train_scores(
+            batch_losses.cpu(), int(correct), n, cfg, epoch
+        )
         train_seconds = time.perf_counter() - epoch_started
 
         val_loss = val_accuracy = float("nan")

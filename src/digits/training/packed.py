@@ -1,18 +1,21 @@
-"""Many MLP trials trained together as one fused program: stacked weights, batched products.
+"""Many trials of a small model trained together as one program: stacked weights, one forward.
 
 A sweep of small dense networks leaves a GPU idle: every step of one trial is a few tiny kernels,
 so a trial is bound by kernel launches, not arithmetic. Here K trials share each step instead.
-Their weights are stacked along a leading trial axis, (K, in, out), and every layer is one batched
-matrix product (`torch.baddbmm`) for all of them; narrower trials are zero-padded to the widest
-and their padded units masked to exactly zero, so a padded unit contributes nothing forwards and
-receives no gradient. The optimiser is written for the stacked tensors, with a learning rate and
-schedule per trial.
+Each trial's classifier is the registered module `build_classifier` builds; trials of the same
+shape are stacked with `torch.func.stack_module_state` into (K, ...) tensors and their forward is
+one `torch.vmap` of `torch.func.functional_call` over the stack, so there is one model definition
+for the loop and the pack. Trials of different shapes (an MLP's width, depth, activation) go in
+separate stacks: vmap needs equal shapes, and the sweep already hands a device a pack of one width
+(`flows/_packing.split_packs`), so padding would buy little and cost masks in every layer.
 
 Each trial keeps everything that makes it the trial `training.loop.fit` trains alone under the
-same seed: the same initial weights and normalisation (built by `build_classifier` from its own
-fold), its own batch order (a generator seeded like the loop's), its own dropout stream (its own
-generator, seeded like the loop seeds the default one), its own optimiser state, learning rate and
-cosine schedule, its own fold and its own number of epochs. On the CPU, where the loop's dropout
+same seed: the same initial weights and normalisation (built from its own fold), its own batch
+order (a generator seeded like the loop's), its own dropout stream (its own generator, seeded like
+the loop seeds the default one), its own fold and number of epochs, and its own `torch.optim`
+optimiser and schedule, made by `training.optim` exactly as the loop makes them. Its parameters
+are views of its row of the stack, so that optimiser updates the stacked weights in place; the
+stack's gradient rows are handed to it as its gradients. On the CPU, where the loop's dropout
 draws can be reproduced, a packed trial's history equals the lone trial's up to float rounding
 (batched products sum in another order). On CUDA the loop's fused dropout kernel draws from the
 global Philox stream, which no per-trial generator can reproduce, so there the masks differ in
@@ -24,9 +27,11 @@ the others go on) or when its progress callback raises `StopTrial` (a pruner sto
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,19 +39,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
 
 from digits.config import Recipe
 from digits.errors import TrainingDiverged
-from digits.models import build_classifier, parse_args
+from digits.models import build_classifier, model_entry, parse_args
 from digits.models.mlp import MLPArgs
-from digits.models.pixels import PixelClassifier
-from digits.training.loop import EpochStats, autocast
+from digits.training.loop import EpochStats, autocast, epoch_train_scores
+from digits.training.optim import make_optimizer, make_schedule
 from digits.training.recipe import FoldResult
 
 PackState = Literal["complete", "stopped", "failed"]
 
-# Adam's defaults, as `torch.optim.Adam` uses them (OptimConfig does not expose them).
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 # Rows (trials x images) per evaluation pass: bounds the memory of a wide pack's validation. On a
 # CPU, small enough that its temporaries are reused rather than page-faulted in afresh.
 EVAL_ROWS = {"cuda": 65536, "cpu": 4096}
@@ -61,7 +65,7 @@ class PackedFit:
     """One trial of a pack: a recipe trained on one fold.
 
     Attributes:
-        recipe: An MLP recipe (`can_pack` is true for it).
+        recipe: A recipe `can_pack` is true for.
         train_idx: (N_k,) indices of its training images into the pack's images.
         val_idx: Optional (M_k,) indices of its validation images, scored after every epoch.
         seed: Fixes the initial weights, batch order and dropout, as for `training.loop.fit`.
@@ -97,31 +101,39 @@ class PackedResult:
 
 
 def can_pack(recipe: Recipe) -> bool:
-    """Whether `fit_packed` trains this recipe: an MLP without augmentation or split rates."""
+    """Whether `fit_packed` trains this recipe: a model whose registration says it packs,
+    without augmentation or split learning rates."""
     optim = recipe.optim
     return (
-        recipe.model.name == "mlp" and not optim.augment.enabled and optim.backbone_lr_scale == 1.0
+        model_entry(recipe.model.name).packs
+        and not optim.augment.enabled
+        and optim.backbone_lr_scale == 1.0
     )
 
 
 def mlp_args(recipe: Recipe) -> MLPArgs:
-    """The MLP arguments of a packable recipe, its defaults filled in."""
+    """The MLP arguments of an MLP recipe, its defaults filled in."""
     args = parse_args(recipe.model.name, recipe.model.args)
     assert isinstance(args, MLPArgs)
     return args
 
 
 def stack_key(recipe: Recipe) -> tuple[object, ...]:
-    """Settings trials must share to take the same steps together (width and rate may differ)."""
-    optim = recipe.optim
-    momentum = optim.momentum if optim.optimizer == "sgd" else 0.0
-    return (
-        mlp_args(recipe).depth,
-        optim.batch_size,
-        optim.optimizer,
-        momentum,
-        optim.label_smoothing,
+    """Settings trials must share to take the same steps together, beside their model's shape.
+
+    Optimiser, learning rate, schedule and weight decay may differ: each trial has its own.
+    """
+    return (recipe.optim.batch_size, recipe.optim.label_smoothing)
+
+
+def shape_key(model: nn.Module) -> tuple[object, ...]:
+    """What `torch.vmap` needs equal across a stack: module types, parameter and buffer shapes."""
+    modules = tuple((name, type(module).__name__) for name, module in model.named_modules())
+    tensors = tuple(
+        (name, tuple(t.shape), t.dtype)
+        for name, t in (*model.named_parameters(), *model.named_buffers())
     )
+    return modules, tensors
 
 
 def _index(idx: np.ndarray | Tensor, device: torch.device) -> Tensor:
@@ -130,168 +142,105 @@ def _index(idx: np.ndarray | Tensor, device: torch.device) -> Tensor:
     )
 
 
-def _activation(name: str) -> Callable[[Tensor], Tensor]:
-    return {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[name]
-
-
 @dataclass
 class _Member:
     """One trial inside a stack, with the state that is not stacked."""
 
     position: int  # index into the pack's fits
     fit: PackedFit
-    model: PixelClassifier
+    model: nn.Module  # its PixelClassifier; parameters are views of its row of the stack
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    n_batches: int
     train_idx: Tensor  # (N_k,)
     val_idx: Tensor | None  # (M_k,)
     order: torch.Generator
     dropout: torch.Generator
-    width: int
-    p: float
-    activation: str
+
+    def release(self) -> nn.Module:
+        """Its model with weights of its own (no longer views of the stack), in eval mode."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for param in self.model.parameters():
+                _alias(param, param.detach().clone())
+        return self.model.eval()
 
 
 class _Stack:
-    """Trials with one `stack_key` and one batch count, trained as one batched network."""
+    """Trials of one shape, `stack_key` and batch count, trained as one vmapped network."""
 
     def __init__(
-        self, members: list[_Member], width: int, n_batches: int, device: torch.device
+        self, members: list[_Member], image_shape: tuple[int, ...], device: torch.device
     ) -> None:
         self.members = members
-        self.width = width  # every hidden layer padded to this
-        self.n_batches = n_batches
         self.device = device
-        first = members[0].fit.recipe
-        self.depth = mlp_args(first).depth
-        self.batch_size = first.optim.batch_size
-        self.optimizer = first.optim.optimizer
-        self.momentum = first.optim.momentum
-        self.label_smoothing = first.optim.label_smoothing
-        self.step = 0
-        # (K, in, out) transposed weights and (K, 1, out) biases, zero-padded.
-        self.params: list[Tensor] = []
-        for layer in range(self.depth + 1):
-            linears = [self._linear(m, layer) for m in members]
-            fan_in = linears[0].in_features if layer == 0 else width
-            fan_out = linears[0].out_features if layer == self.depth else width
-            weight = torch.zeros(len(members), fan_in, fan_out, device=device)
-            bias = torch.zeros(len(members), 1, fan_out, device=device)
-            for k, linear in enumerate(linears):
-                weight[k, : linear.in_features, : linear.out_features] = linear.weight.detach().T
-                bias[k, 0, : linear.out_features] = linear.bias.detach()
-            self.params += [weight.requires_grad_(), bias.requires_grad_()]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.buffers: list[Tensor] | None = None  # SGD momentum, created by the first step
-        self._per_trial_tables()
+        first = members[0]
+        self.n_batches = first.n_batches
+        self.batch_size = first.fit.recipe.optim.batch_size
+        self.label_smoothing = first.fit.recipe.optim.label_smoothing
+        # The module the stacked weights are called through: structure only, no storage.
+        self.template = copy.deepcopy(first.model).to("meta")
+        found = _dropout_layers(self.template, image_shape)
+        self.dropout_names = [name for name, _ in found]
+        self.dropout_shapes = [shape for _, shape in found]  # per image, without the batch axis
+        self.dropouts = [self.template.get_submodule(name) for name in self.dropout_names]
+        self._stack()
 
-    @staticmethod
-    def _linear(member: _Member, layer: int) -> nn.Linear:
-        linears = [m for m in member.model.network.modules() if isinstance(m, nn.Linear)]
-        return linears[layer]  # the hidden layers in order, then the head
-
-    def _per_trial_tables(self) -> None:
-        """Per-trial constants, rebuilt whenever a trial leaves."""
-        members, device = self.members, self.device
-        k = len(members)
-        self.mean = torch.stack([m.model.mean for m in members]).to(device)  # (K, 1, C, 1, 1)
-        self.std = torch.stack([m.model.std for m in members]).to(device)
-        units = torch.arange(self.width, device=device)
-        widths = torch.tensor([m.width for m in members], device=device)
-        self.padded = any(m.width < self.width for m in members)
-        self.unit_mask = (units < widths[:, None]).float()[:, None, :]  # (K, 1, width)
-        self.dropout = any(m.p > 0 for m in members)
-        # Contiguous runs of one activation (members are sorted by it).
-        self.runs: list[tuple[int, int, Callable[[Tensor], Tensor]]] = []
-        for i, member in enumerate(members):
-            if self.runs and members[self.runs[-1][0]].activation == member.activation:
-                start, _, fn = self.runs[-1]
-                self.runs[-1] = (start, i + 1, fn)
-            else:
-                self.runs.append((i, i + 1, _activation(member.activation)))
-        # The learning rate of every trial at every step, as the loop's schedule gives it.
-        epochs = max(m.fit.recipe.optim.epochs for m in members)
-        steps = epochs * self.n_batches
-        table = np.zeros((k, steps))
-        for i, member in enumerate(members):
-            optim = member.fit.recipe.optim
-            total = optim.epochs * self.n_batches
-            s = np.arange(total)
-            if optim.lr_schedule == "cosine":
-                table[i, :total] = optim.lr * (1 + np.cos(math.pi * s / total)) / 2
-            else:
-                table[i, :total] = optim.lr
-        # On the device, in float64 like the loop's Python floats: no host copy per step (a copy
-        # to a GPU would wait for it), and (K,) float64 arithmetic costs nothing.
-        self.lr_table = torch.tensor(table, dtype=torch.float64, device=device)  # (K, steps)
-        decays = [m.fit.recipe.optim.weight_decay for m in members]
-        self.decays = any(decays)
-        self.weight_decay = torch.tensor(decays, dtype=torch.float64, device=device)  # (K,)
+    def _stack(self) -> None:
+        """Stack the members' weights and make each member's parameters views of its row."""
+        params, self.buffers = stack_module_state([m.model for m in self.members])
+        self.params = {name: p.detach() for name, p in params.items()}  # (K, ...) each
+        with torch.no_grad():
+            for k, member in enumerate(self.members):
+                for name, param in member.model.named_parameters():
+                    _alias(param, self.params[name][k])
+        # Each member's dropout probability per dropout layer, in the order the layers run.
+        self.rates = [
+            [float(m.model.get_submodule(name).p) for name in self.dropout_names]  # type: ignore[arg-type]
+            for m in self.members
+        ]
 
     def keep(self, kept: list[int]) -> None:
         """Keep only the members at `kept` (positions within this stack), dropping the rest."""
         self.members = [self.members[i] for i in kept]
-        if not kept:
-            return
-        index = torch.tensor(kept, device=self.device, dtype=torch.long)
-
-        def take(tensors: list[Tensor]) -> list[Tensor]:
-            return [t.detach().index_select(0, index) for t in tensors]
-
-        self.params = [p.requires_grad_() for p in take(self.params)]
-        self.exp_avg, self.exp_avg_sq = take(self.exp_avg), take(self.exp_avg_sq)
-        if self.buffers is not None:
-            self.buffers = take(self.buffers)
-        self._per_trial_tables()
+        if self.members:
+            self._stack()
 
     # ------------------------------------------------------------------------------ forward
 
-    def forward(self, images: Tensor, masks: Sequence[Tensor | None] | None = None) -> Tensor:
-        """(K, B, H, W, C) pixels -> (K, B, classes) logits; `masks[l]` scales hidden layer l."""
-        x = images.permute(0, 1, 4, 2, 3).to(torch.float32)  # (K, B, C, H, W)
-        # Each trial's own normalisation, the operations of PixelClassifier; in place, because
-        # on a CPU fresh (K, B, C, H, W) temporaries cost more in page faults than in arithmetic.
-        x = x.div_(255.0).sub_(self.mean).div_(self.std)
-        h = x.flatten(start_dim=2)  # (K, B, C*H*W)
-        for layer in range(self.depth):
-            weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-            z = torch.baddbmm(bias, h, weight)  # (K, B, width)
-            if len(self.runs) == 1:
-                h = self.runs[0][2](z)
-            else:
-                h = torch.cat([fn(z[start:end]) for start, end, fn in self.runs])
-            mask = masks[layer] if masks is not None else None
-            if mask is not None:
-                h = h * mask.to(h.dtype)  # dropout noise, and zero at padded units
-            elif self.padded:
-                h = h * self.unit_mask.to(h.dtype)
-        return torch.baddbmm(self.params[-1], h, self.params[-2])  # (K, B, classes)
+    def logits(
+        self, params: dict[str, Tensor], images: Tensor, masks: list[Tensor] | None = None
+    ) -> Tensor:
+        """(K, B, H, W, C) pixels -> (K, B, classes) logits; `masks[l]` replaces dropout layer l."""
 
-    def _masks(self, sizes: list[int]) -> list[Tensor | None] | None:
-        """Per-layer (K, B, width) masks: each trial's dropout noise, zero at padded units.
+        def one(
+            params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, masks: list[Tensor]
+        ) -> Tensor:
+            with _dropout_masks(self.dropouts, masks):
+                return functional_call(self.template, (params, buffers), (x,))
 
-        Each trial draws from its own generator, as the loop draws from the default one: on the
-        CPU one (B_k, width_k) draw per layer in layer order, which reproduces the loop's masks;
-        on CUDA one (depth, B_k, width_k) draw per step (the loop's masks cannot be reproduced
-        there, and one draw per trial instead of one per trial and layer saves launches).
+        return torch.vmap(one)(params, self.buffers, images, masks or [])
+
+    def _masks(self, sizes: list[int]) -> list[Tensor] | None:
+        """Per dropout layer, (K, B, *features) masks: each trial's dropout noise, 1 elsewhere.
+
+        Each trial draws from its own generator as the loop draws from the default one, with
+        `F.dropout`'s arithmetic (Bernoulli(1 - p) / (1 - p)): on the CPU one (B_k, *features)
+        draw per layer in the order the layers run, which reproduces the loop's masks.
         """
-        if not self.dropout:
+        if not self.dropouts:
             return None
         k, b = len(self.members), self.batch_size
-        masks = self.unit_mask.expand(k, b, self.width).repeat(self.depth, 1, 1, 1)
+        masks = [torch.ones(k, b, *shape, device=self.device) for shape in self.dropout_shapes]
         for i, member in enumerate(self.members):
-            if member.p == 0:
-                continue
-            shape = (sizes[i], member.width)
-            if self.device.type == "cuda":
-                noise = torch.empty((self.depth, *shape), device=self.device)
-                noise.bernoulli_(1 - member.p, generator=member.dropout).div_(1 - member.p)
-                masks[:, i, : shape[0], : shape[1]] = noise
-                continue
-            for layer in range(self.depth):
+            for layer, p in enumerate(self.rates[i]):
+                if p == 0:  # F.dropout draws nothing at p = 0
+                    continue
+                shape = (sizes[i], *self.dropout_shapes[layer])
                 noise = torch.empty(shape, device=self.device)
-                noise.bernoulli_(1 - member.p, generator=member.dropout).div_(1 - member.p)
-                masks[layer, i, : shape[0], : shape[1]] = noise
-        return list(masks)
+                noise.bernoulli_(1 - p, generator=member.dropout).div_(1 - p)
+                masks[layer][i, : sizes[i]] = noise
+        return masks
 
     # ------------------------------------------------------------------------------ training
 
@@ -314,16 +263,23 @@ class _Stack:
         counts = valid.view(k, self.n_batches, bs).sum(dim=2)  # (K, n_batches)
         weights = (valid.view(k, self.n_batches, bs) / counts.clamp(min=1)[..., None]).view(k, -1)
         # Batch sizes for the dropout draws: one host read per epoch, only when there is dropout.
-        sizes = counts.long().cpu().tolist() if self.dropout else None
+        sizes = counts.long().cpu().tolist() if self.dropouts else None
         batch_losses = torch.zeros(k, self.n_batches, device=self.device)
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
+        self.template.train()
+        for layer in self.template.modules():
+            if isinstance(layer, nn.Dropout):
+                layer.eval()  # its masks come from `_masks`, drawn per trial
+        named = [list(m.model.named_parameters()) for m in self.members]
         for batch in range(self.n_batches):
             cut = slice(batch * bs, (batch + 1) * bs)
             idx, w = index[:, cut], weights[:, cut]  # (K, B)
             xb, yb = images[idx], labels[idx]  # (K, B, H, W, C) uint8, (K, B)
             masks = self._masks([int(s[batch]) for s in sizes]) if sizes is not None else None
+            # Fresh leaves over the stacked storage: their gradient rows become each trial's.
+            leaves = {name: p.detach().requires_grad_() for name, p in self.params.items()}
             with autocast(self.device):
-                logits = self.forward(xb, masks)  # (K, B, classes)
+                logits = self.logits(leaves, xb, masks)  # (K, B, classes)
             losses = F.cross_entropy(
                 logits.float().flatten(0, 1),
                 yb.flatten(),
@@ -331,58 +287,17 @@ class _Stack:
                 label_smoothing=self.label_smoothing,
             ).view(k, -1)  # (K, B)
             loss = (losses * w).sum(dim=1)  # (K,): each trial's mean over its own batch
-            for p in self.params:
-                p.grad = None
             loss.sum().backward()  # trials share no weights: each gets its own gradient
-            self._update([p.grad for p in self.params])  # type: ignore[misc]
+            for i, member in enumerate(self.members):
+                for name, param in named[i]:
+                    param.grad = leaves[name].grad[i]
+                member.optimizer.step()
+                if member.schedule is not None:
+                    member.schedule.step()
             batch_losses[:, batch] = loss.detach()
             hits = (logits.detach().argmax(dim=2) == yb) & (w > 0)
             correct += hits.sum(dim=1)
         return batch_losses, correct
-
-    @torch.no_grad()
-    def _update(self, grads: list[Tensor]) -> None:
-        """One optimiser step of every member: `torch.optim`'s update with per-trial rates.
-
-        Element-wise the same operations as `torch.optim.Adam`/`AdamW`/`SGD` (single-tensor
-        form), over lists of stacked tensors (one `torch._foreach_*` launch per operation where
-        shapes allow), with each trial's rate broadcast along its slice.
-        """
-        k = len(self.members)
-        lr = self.lr_table[:, self.step]  # (K,) float64
-        self.step += 1
-        wd = self.weight_decay
-
-        def per_trial(values: Tensor) -> Tensor:
-            return values.to(torch.float32).view(k, 1, 1)
-
-        params = self.params
-        if self.decays and self.optimizer in ("adam", "sgd"):  # L2: the decay joins the gradient
-            grads = [g + per_trial(wd) * p for g, p in zip(grads, params, strict=True)]
-        if self.optimizer == "sgd":
-            if self.buffers is None:
-                self.buffers = [g.clone() for g in grads]
-            else:
-                torch._foreach_mul_(self.buffers, self.momentum)
-                torch._foreach_add_(self.buffers, grads)
-            for p, buf in zip(params, self.buffers, strict=True):
-                p.addcmul_(buf, per_trial(-lr))
-            return
-        if self.decays and self.optimizer == "adamw":  # decoupled: the weights decay themselves
-            for p in params:
-                p.mul_(per_trial(1 - lr * wd))
-        bias1 = 1 - BETA1**self.step
-        bias2_sqrt = (1 - BETA2**self.step) ** 0.5
-        torch._foreach_lerp_(self.exp_avg, grads, 1 - BETA1)
-        torch._foreach_mul_(self.exp_avg_sq, BETA2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - BETA2)
-        denom = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denom, bias2_sqrt)
-        torch._foreach_add_(denom, EPS)
-        ratio = torch._foreach_div(self.exp_avg, denom)
-        step = per_trial(-lr / bias1)
-        for p, r in zip(params, ratio, strict=True):
-            p.addcmul_(r, step)
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -402,11 +317,12 @@ class _Stack:
         )
         loss_sum = torch.zeros(k, device=self.device)
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
+        self.template.eval()
         for start in range(0, span, chunk):
             idx, ok = index[:, start : start + chunk], valid[:, start : start + chunk]
             yb = labels[idx]
             with autocast(self.device):
-                logits = self.forward(images[idx]).float()  # (K, B, classes)
+                logits = self.logits(self.params, images[idx]).float()  # (K, B, classes)
             losses = F.cross_entropy(
                 logits.flatten(0, 1),
                 yb.flatten(),
@@ -417,24 +333,63 @@ class _Stack:
             correct += ((logits.argmax(dim=2) == yb) & ok).sum(dim=1)
         return loss_sum, correct
 
-    def unstack(self, i: int) -> PixelClassifier:
-        """Member `i`'s trained weights, copied back into its own `PixelClassifier`."""
-        member = self.members[i]
-        model = member.model
+
+def _dropout_layers(
+    template: nn.Module, image_shape: tuple[int, ...]
+) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, per-image input shape) of every dropout layer, in the order the forward runs them.
+
+    Found by one forward of the meta-device template (shapes only, no arithmetic).
+    """
+    names = {module: name for name, module in template.named_modules()}
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    handles = [
+        module.register_forward_hook(
+            lambda module, inputs, output: seen.append((names[module], tuple(inputs[0].shape[1:])))
+        )
+        for module in template.modules()
+        if isinstance(module, nn.Dropout)
+    ]
+    try:
         with torch.no_grad():
-            for layer in range(self.depth + 1):
-                linear = self._linear(member, layer)
-                weight, bias = self.params[2 * layer], self.params[2 * layer + 1]
-                linear.weight.copy_(weight[i, : linear.in_features, : linear.out_features].T)
-                linear.bias.copy_(bias[i, 0, : linear.out_features])
-        return model.eval()
+            template.eval()(torch.zeros(1, *image_shape, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _alias(param: Tensor, source: Tensor) -> None:
+    """Point `param` at `source`'s memory, in place: it stays the object its optimiser holds."""
+    param.set_(source.untyped_storage(), source.storage_offset(), source.size(), source.stride())
+
+
+@contextmanager
+def _dropout_masks(layers: Sequence[nn.Module], masks: Sequence[Tensor]) -> Iterator[None]:
+    """While open, dropout layer l (in eval mode: the identity) outputs its input times masks[l].
+
+    The product is `F.dropout`'s own last operation, so the loop's arithmetic is kept.
+    """
+    handles = [
+        layer.register_forward_hook(lambda _layer, inputs, _output, mask=mask: inputs[0] * mask)
+        for layer, mask in zip(layers, masks, strict=False)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _members(fits: Sequence[PackedFit], images: Tensor, device: torch.device) -> list[_Member]:
     members = []
     for position, fit in enumerate(fits):
         if not can_pack(fit.recipe):
-            raise ValueError(f"fit {position}: only MLPs without augmentation can be packed")
+            raise ValueError(
+                f"fit {position}: only MLPs (models registered with packs=True) without "
+                "augmentation or a backbone rate can be packed"
+            )
+        optim = fit.recipe.optim
         train_idx = _index(fit.train_idx, device)
         # Built exactly as `training.recipe.train_recipe` builds it: the same initial weights,
         # and normalisation constants from this fold's training images only.
@@ -445,50 +400,34 @@ def _members(fits: Sequence[PackedFit], images: Tensor, device: torch.device) ->
             seed=fit.seed,
             train_images=images[train_idx],
         ).to(device)
-        assert isinstance(model, PixelClassifier)
-        if model.channels != images.shape[-1] or model.side != images.shape[1]:
-            raise ValueError(f"fit {position}: packed MLPs take the images as they are")
-        args = mlp_args(fit.recipe)
+        n_batches = math.ceil(train_idx.shape[0] / optim.batch_size)
+        optimizer = make_optimizer(model, optim, device)
         members.append(
             _Member(
                 position=position,
                 fit=fit,
                 model=model,
+                optimizer=optimizer,
+                schedule=make_schedule(optimizer, optim, n_batches),
+                n_batches=n_batches,
                 train_idx=train_idx,
                 val_idx=_index(fit.val_idx, device) if fit.val_idx is not None else None,
                 order=torch.Generator(device=device).manual_seed(fit.seed),
                 dropout=torch.Generator(device=device).manual_seed(fit.seed),
-                width=args.width,
-                p=args.dropout,
-                activation=args.activation,
             )
         )
     return members
 
 
 def plan_stacks(
-    members: list[_Member], device: torch.device, pad_widths: bool | None = None
+    members: list[_Member], image_shape: tuple[int, ...], device: torch.device
 ) -> list[_Stack]:
-    """Group members into stacks: one stack per `stack_key` and batch count (and width, unpadded).
-
-    Args:
-        pad_widths: Pad every width of a stack to its widest (one product per layer for all:
-            best when kernel launches dominate, as on a GPU) or keep one stack per width (no
-            wasted arithmetic: best when arithmetic dominates, as on a CPU). None: pad on CUDA.
-    """
-    pad = device.type == "cuda" if pad_widths is None else pad_widths
+    """Group members into stacks: one per model shape, `stack_key` and batch count."""
     groups: dict[tuple[object, ...], list[_Member]] = {}
     for member in members:
-        batch_size = member.fit.recipe.optim.batch_size
-        n_batches = math.ceil(member.train_idx.shape[0] / batch_size)
-        key = (*stack_key(member.fit.recipe), n_batches, None if pad else member.width)
+        key = (*stack_key(member.fit.recipe), member.n_batches, shape_key(member.model))
         groups.setdefault(key, []).append(member)
-    stacks = []
-    for key, group in groups.items():
-        group.sort(key=lambda m: (m.activation, m.position))  # contiguous activation runs
-        width = max(m.width for m in group)
-        stacks.append(_Stack(group, width, int(key[-2]), device))  # type: ignore[call-overload]
-    return stacks
+    return [_Stack(group, image_shape, device) for group in groups.values()]
 
 
 def fit_packed(
@@ -506,29 +445,27 @@ def fit_packed(
         images: (N, H, W, C) uint8 images every fit draws from (moved to `device` once).
         labels: (N,) integer labels.
         device: Where the pack trains.
-        pad_widths: See `plan_stacks`; None pads on CUDA and groups by width on the CPU.
+        pad_widths: Accepted for existing callers and ignored: trials of different widths always
+            train in separate stacks (see the module's docstring).
 
     Returns:
         One `PackedResult` per fit, in the order of `fits`.
 
     Raises:
-        ValueError: when a fit is not an MLP without augmentation (see `can_pack`).
+        ValueError: when a fit's recipe cannot be packed (see `can_pack`).
     """
+    del pad_widths
     x = torch.as_tensor(images).to(device)  # (N, H, W, C) uint8, once for every trial
     y = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels).to(
         device, torch.long
     )
     results = [PackedResult() for _ in fits]
-    members = _members(fits, x, device)
-    stacks = plan_stacks(members, device, pad_widths)
+    stacks = plan_stacks(_members(fits, x, device), tuple(x.shape[1:]), device)
     epoch = 0
     while stacks:
         epoch += 1
         started = time.perf_counter()
-        outcomes = []
-        for stack in stacks:
-            losses, correct = stack.train_epoch(x, y)
-            outcomes.append((losses, correct))
+        outcomes = [stack.train_epoch(x, y) for stack in stacks]
         train_seconds = time.perf_counter() - started
         # The one host sync of the epoch for the whole pack.
         host = [(losses.cpu(), correct.cpu()) for losses, correct in outcomes]
@@ -544,15 +481,16 @@ def fit_packed(
                 result = results[member.position]
                 result.train_seconds += seconds / active
                 state = _epoch_end(
-                    member, result, epoch, stack, losses[i], int(correct[i]),
+                    member, result, epoch, losses[i], int(correct[i]),
                     float(val_loss[i]), int(val_hits[i]), seconds, train_seconds,
                 )  # fmt: skip
-                if state == "complete":
-                    result.model = stack.unstack(i)
                 if state is None:
                     kept.append(i)
-                else:
-                    result.state = state
+                    continue
+                result.state = state
+                model = member.release()
+                if state == "complete":
+                    result.model = model
             if len(kept) < len(stack.members):
                 stack.keep(kept)
         stacks = [stack for stack in stacks if stack.members]
@@ -563,7 +501,6 @@ def _epoch_end(
     member: _Member,
     result: PackedResult,
     epoch: int,
-    stack: _Stack,
     losses: Tensor,
     correct: int,
     val_loss_sum: float,
@@ -573,26 +510,20 @@ def _epoch_end(
 ) -> PackState | None:
     """Record one member's epoch as the loop does; the state it leaves in, or None to go on."""
     optim = member.fit.recipe.optim
-    finite = torch.isfinite(losses)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        result.failure = (
-            f"training diverged: non-finite loss {float(losses[bad])} at epoch {epoch}, "
-            f"batch {bad + 1} of {stack.n_batches} (lr={optim.lr}, optimizer={optim.optimizer}); "
-            "lower the learning rate"
-        )
-        return "failed"
     n = member.train_idx.shape[0]
-    sizes = torch.full((stack.n_batches,), float(optim.batch_size))
-    sizes[-1] = n - (stack.n_batches - 1) * optim.batch_size
+    try:
+        train_loss, train_accuracy = epoch_train_scores(losses, correct, n, optim, epoch)
+    except TrainingDiverged as error:
+        result.failure = str(error)
+        return "failed"
     val_loss = val_accuracy = float("nan")
     if member.val_idx is not None:
         m = member.val_idx.shape[0]
         val_loss, val_accuracy = val_loss_sum / m, val_correct / m
     stats = EpochStats(
         epoch=epoch,
-        train_loss=float((losses * sizes).sum()) / n,
-        train_accuracy=correct / n,
+        train_loss=train_loss,
+        train_accuracy=train_accuracy,
         val_loss=val_loss,
         val_accuracy=val_accuracy,
         seconds=seconds,
@@ -616,6 +547,9 @@ def evaluate_folds_packed(
     pad_widths: bool | None = None,
 ) -> list[FoldResult | TrainingDiverged | StopTrial]:
     """`training.recipe.evaluate_fold` for every fit of a pack, trained together.
+
+    Args:
+        pad_widths: Ignored; see `fit_packed`.
 
     Returns:
         Per fit, in order: its `FoldResult` (the last epoch's validation scores), or, not raised,
