@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from digits.reports.mnist import ORIGINAL_TABLE1, ORIGINAL_TEST_ACCURACY
-from digits.reports.zoo import ORIGINAL_TABLE2, WEIGHT_LAYERS, ZooRow, findings
+from digits.studies.svhn_zoo import ORIGINAL_TABLE2, ZooRow, findings
 
 DATASETS = ("mnist", "svhn")
 ZOO_DATASETS = ("svhn", "mnist")
@@ -379,7 +379,7 @@ def _q4(files: StudyFiles, links: Mapping[str, RunLink], note: str) -> list[str]
             [
                 r.label,
                 f"{r.parameters:,}",
-                str(WEIGHT_LAYERS.get(r.model, "?")),
+                str(r.depth) if r.depth is not None else "?",
                 f"{r.train_seconds:.1f}",
                 f"{r.images_per_second:,.0f}",
                 r.registered or "—",
