@@ -12,14 +12,14 @@ separate stacks: vmap needs equal shapes, and the sweep already hands a device a
 Each trial keeps everything that makes it the trial `training.loop.fit` trains alone under the
 same seed: the same initial weights and normalisation (built from its own fold), its own batch
 order (a generator seeded like the loop's), its own dropout stream (its own generator, seeded like
-the loop seeds the default one), its own fold and number of epochs, and its own `torch.optim`
-optimiser and schedule, made by `training.optim` exactly as the loop makes them. Its parameters
-are views of its row of the stack, so that optimiser updates the stacked weights in place; the
-stack's gradient rows are handed to it as its gradients. On the CPU, where the loop's dropout
-draws can be reproduced, a packed trial's history equals the lone trial's up to float rounding
-(batched products sum in another order). On CUDA the loop's fused dropout kernel draws from the
-global Philox stream, which no per-trial generator can reproduce, so there the masks differ in
-realisation, not in distribution.
+the loop seeds the default one), its own fold and number of epochs, its own learning rate at every
+step (the loop's own schedule, `training.optim.scheduled_rates`) and weight decay. The optimiser
+is `torch.optim`'s step on the stacked weights with a rate per trial
+(`training.stacked_optim`). On the CPU, where the loop's dropout draws can be reproduced, a
+packed trial's history equals the lone trial's up to float rounding (batched products sum in
+another order). On CUDA the loop's fused dropout kernel draws from the global Philox stream, which
+no per-trial generator can reproduce, so there the masks differ in realisation, not in
+distribution.
 
 A trial leaves its pack when its epochs are done, when its loss becomes non-finite (it is failed,
 the others go on) or when its progress callback raises `StopTrial` (a pruner stopped it).
@@ -46,8 +46,9 @@ from digits.errors import TrainingDiverged
 from digits.models import build_classifier, model_entry, parse_args
 from digits.models.mlp import MLPArgs
 from digits.training.loop import EpochStats, autocast, epoch_train_scores
-from digits.training.optim import make_optimizer, make_schedule
+from digits.training.optim import scheduled_rates
 from digits.training.recipe import FoldResult
+from digits.training.stacked_optim import StackedOptimizer
 
 PackState = Literal["complete", "stopped", "failed"]
 
@@ -121,9 +122,11 @@ def mlp_args(recipe: Recipe) -> MLPArgs:
 def stack_key(recipe: Recipe) -> tuple[object, ...]:
     """Settings trials must share to take the same steps together, beside their model's shape.
 
-    Optimiser, learning rate, schedule and weight decay may differ: each trial has its own.
+    Learning rate, schedule, weight decay and epochs may differ: each trial has its own.
     """
-    return (recipe.optim.batch_size, recipe.optim.label_smoothing)
+    optim = recipe.optim
+    momentum = optim.momentum if optim.optimizer == "sgd" else 0.0
+    return (optim.batch_size, optim.optimizer, momentum, optim.label_smoothing)
 
 
 def shape_key(model: nn.Module) -> tuple[object, ...]:
@@ -148,22 +151,12 @@ class _Member:
 
     position: int  # index into the pack's fits
     fit: PackedFit
-    model: nn.Module  # its PixelClassifier; parameters are views of its row of the stack
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    model: nn.Module  # its PixelClassifier, as built; trained weights copied back at the end
     n_batches: int
     train_idx: Tensor  # (N_k,)
     val_idx: Tensor | None  # (M_k,)
     order: torch.Generator
     dropout: torch.Generator
-
-    def release(self) -> nn.Module:
-        """Its model with weights of its own (no longer views of the stack), in eval mode."""
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for param in self.model.parameters():
-                _alias(param, param.detach().clone())
-        return self.model.eval()
 
 
 class _Stack:
@@ -187,15 +180,29 @@ class _Stack:
         self._stack()
 
     def _stack(self) -> None:
-        """Stack the members' weights and make each member's parameters views of its row."""
+        """Stack the members' weights, optimiser and per-trial rates."""
         params, self.buffers = stack_module_state([m.model for m in self.members])
         self.params = {name: p.detach() for name, p in params.items()}  # (K, ...) each
-        with torch.no_grad():
-            for k, member in enumerate(self.members):
-                for name, param in member.model.named_parameters():
-                    _alias(param, self.params[name][k])
+        first = self.members[0].fit.recipe.optim
+        self.optimizer = StackedOptimizer(
+            list(self.params.values()), first.optimizer, first.momentum
+        )
+        self.step = 0
+        self._per_trial_tables()
+
+    def _per_trial_tables(self) -> None:
+        """Each trial's rate at every step and its weight decay, rebuilt when a trial leaves."""
+        steps = max(m.fit.recipe.optim.epochs for m in self.members) * self.n_batches
+        table = torch.zeros(len(self.members), steps, dtype=torch.float64)
+        for i, member in enumerate(self.members):
+            rates = scheduled_rates(member.fit.recipe.optim, self.n_batches)
+            table[i, : len(rates)] = torch.tensor(rates, dtype=torch.float64)
+        # On the device, in float64 like the loop's Python floats: no host copy per step.
+        self.rates_table = table.to(self.device)  # (K, steps)
+        decays = [m.fit.recipe.optim.weight_decay for m in self.members]
+        self.weight_decay = torch.tensor(decays, dtype=torch.float64, device=self.device)
         # Each member's dropout probability per dropout layer, in the order the layers run.
-        self.rates = [
+        self.dropout_rates = [
             [float(m.model.get_submodule(name).p) for name in self.dropout_names]  # type: ignore[arg-type]
             for m in self.members
         ]
@@ -203,8 +210,21 @@ class _Stack:
     def keep(self, kept: list[int]) -> None:
         """Keep only the members at `kept` (positions within this stack), dropping the rest."""
         self.members = [self.members[i] for i in kept]
-        if self.members:
-            self._stack()
+        if not self.members:
+            return
+        index = torch.tensor(kept, device=self.device, dtype=torch.long)
+        self.params = {name: p.index_select(0, index) for name, p in self.params.items()}
+        self.buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        self.optimizer.keep(index, list(self.params.values()))
+        self._per_trial_tables()
+
+    @torch.no_grad()
+    def release(self, i: int) -> nn.Module:
+        """Member `i`'s trained weights, copied back into its own model, in eval mode."""
+        model = self.members[i].model
+        for name, param in model.named_parameters():
+            param.copy_(self.params[name][i])
+        return model.eval()
 
     # ------------------------------------------------------------------------------ forward
 
@@ -233,7 +253,7 @@ class _Stack:
         k, b = len(self.members), self.batch_size
         masks = [torch.ones(k, b, *shape, device=self.device) for shape in self.dropout_shapes]
         for i, member in enumerate(self.members):
-            for layer, p in enumerate(self.rates[i]):
+            for layer, p in enumerate(self.dropout_rates[i]):
                 if p == 0:  # F.dropout draws nothing at p = 0
                     continue
                 shape = (sizes[i], *self.dropout_shapes[layer])
@@ -270,13 +290,12 @@ class _Stack:
         for layer in self.template.modules():
             if isinstance(layer, nn.Dropout):
                 layer.eval()  # its masks come from `_masks`, drawn per trial
-        named = [list(m.model.named_parameters()) for m in self.members]
         for batch in range(self.n_batches):
             cut = slice(batch * bs, (batch + 1) * bs)
             idx, w = index[:, cut], weights[:, cut]  # (K, B)
             xb, yb = images[idx], labels[idx]  # (K, B, H, W, C) uint8, (K, B)
             masks = self._masks([int(s[batch]) for s in sizes]) if sizes is not None else None
-            # Fresh leaves over the stacked storage: their gradient rows become each trial's.
+            # Fresh leaves over the stacked weights, so the optimiser updates plain tensors.
             leaves = {name: p.detach().requires_grad_() for name, p in self.params.items()}
             with autocast(self.device):
                 logits = self.logits(leaves, xb, masks)  # (K, B, classes)
@@ -288,12 +307,9 @@ class _Stack:
             ).view(k, -1)  # (K, B)
             loss = (losses * w).sum(dim=1)  # (K,): each trial's mean over its own batch
             loss.sum().backward()  # trials share no weights: each gets its own gradient
-            for i, member in enumerate(self.members):
-                for name, param in named[i]:
-                    param.grad = leaves[name].grad[i]
-                member.optimizer.step()
-                if member.schedule is not None:
-                    member.schedule.step()
+            grads = [leaf.grad for leaf in leaves.values()]
+            self.optimizer.step(grads, self.rates_table[:, self.step], self.weight_decay)
+            self.step += 1
             batch_losses[:, batch] = loss.detach()
             hits = (logits.detach().argmax(dim=2) == yb) & (w > 0)
             correct += hits.sum(dim=1)
@@ -359,11 +375,6 @@ def _dropout_layers(
     return seen
 
 
-def _alias(param: Tensor, source: Tensor) -> None:
-    """Point `param` at `source`'s memory, in place: it stays the object its optimiser holds."""
-    param.set_(source.untyped_storage(), source.storage_offset(), source.size(), source.stride())
-
-
 @contextmanager
 def _dropout_masks(layers: Sequence[nn.Module], masks: Sequence[Tensor]) -> Iterator[None]:
     """While open, dropout layer l (in eval mode: the identity) outputs its input times masks[l].
@@ -401,14 +412,11 @@ def _members(fits: Sequence[PackedFit], images: Tensor, device: torch.device) ->
             train_images=images[train_idx],
         ).to(device)
         n_batches = math.ceil(train_idx.shape[0] / optim.batch_size)
-        optimizer = make_optimizer(model, optim, device)
         members.append(
             _Member(
                 position=position,
                 fit=fit,
                 model=model,
-                optimizer=optimizer,
-                schedule=make_schedule(optimizer, optim, n_batches),
                 n_batches=n_batches,
                 train_idx=train_idx,
                 val_idx=_index(fit.val_idx, device) if fit.val_idx is not None else None,
@@ -488,9 +496,8 @@ def fit_packed(
                     kept.append(i)
                     continue
                 result.state = state
-                model = member.release()
                 if state == "complete":
-                    result.model = model
+                    result.model = stack.release(i)
             if len(kept) < len(stack.members):
                 stack.keep(kept)
         stacks = [stack for stack in stacks if stack.members]
