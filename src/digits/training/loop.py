@@ -270,6 +270,43 @@ def fit(
         )
 
 
+def _train_epoch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: OptimConfig,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    generators: dict[str, torch.Generator],
+    transform: BatchTransform | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """One pass over (x, y) in a fresh order: (n_batches,) mean batch losses and the number
+    correct, both on the device (no host sync)."""
+    n = x.shape[0]
+    n_batches = math.ceil(n / cfg.batch_size)
+    model.train()
+    order = torch.randperm(n, device=device, generator=generators["order"])  # (N,)
+    batch_losses = torch.empty(n_batches, device=device)  # mean loss of each batch
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for batch in range(n_batches):
+        idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # (B,)
+        xb, yb = x[idx], y[idx]  # (B, H, W, C) uint8, (B,)
+        if transform is not None:
+            xb = transform(xb, generators["augment"])  # (B, H, W, C) float, 0-255
+        with autocast(device):
+            logits = model(xb)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        batch_losses[batch] = loss.detach()
+        correct += (logits.detach().argmax(dim=1) == yb).sum()
+    return batch_losses, correct
+
+
 def _fit(
     model: nn.Module,
     x: Tensor,
@@ -290,8 +327,7 @@ def _fit(
     }
     optimizer = make_optimizer(model, cfg, device)
     n = x.shape[0]
-    n_batches = math.ceil(n / cfg.batch_size)
-    schedule = make_schedule(optimizer, cfg, n_batches)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=math.ceil(n / cfg.batch_size))
     history: list[dict[str, float]] = []
     first_epoch = 1
     if checkpoint is not None:
@@ -305,26 +341,9 @@ def _fit(
     started = time.perf_counter()
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, device=device, generator=generators["order"])  # (N,)
-        batch_losses = torch.empty(n_batches, device=device)  # mean loss of each batch
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for batch in range(n_batches):
-            idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # (B,)
-            xb, yb = x[idx], y[idx]  # (B, H, W, C) uint8, (B,)
-            if transform is not None:
-                xb = transform(xb, generators["augment"])  # (B, H, W, C) float, 0-255
-            with autocast(device):
-                logits = model(xb)  # (B, classes)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            batch_losses[batch] = loss.detach()
-            correct += (logits.detach().argmax(dim=1) == yb).sum()
-
+        batch_losses, correct = _train_epoch(
+            model, x, y, cfg, optimizer, schedule, generators, transform, device
+        )
         # The one host sync of the epoch: every batch loss, to find divergence and the mean.
         train_loss, train_accuracy = epoch_train_scores(
             batch_losses.cpu(), int(correct), n, cfg, epoch
