@@ -126,6 +126,29 @@ def flow_sweep(raw: dict[str, Any], packing: str, workdir: Path) -> dict[str, An
         )
 
 
+def report(runs: dict[str, tuple[float, list[float]]], fits: list[Fit], folds: list) -> None:
+    """Print each run's wall time and throughput, and how far the runs' cell accuracies differ."""
+    # Training images seen by every fit over every epoch (validation passes not counted).
+    trained = sum(len(folds[fold][0]) * recipe.optim.epochs for recipe, fold in fits)
+    for label, (wall, _) in runs.items():
+        print(
+            f"{label:>10}: wall {wall:7.1f} s, {len(fits) / wall:6.2f} fits/s, "
+            f"{trained / wall:,.0f} training images/s"
+        )
+    speedups = [f"{runs[b][0] / runs['packed'][0]:.2f}x over {b}" for b in runs if b != "packed"]
+    if speedups:
+        print(f"packed speed-up: {', '.join(speedups)}")
+    means = {label: cell_means(fits, scores) for label, (_, scores) in runs.items()}
+    if "unpacked" in means:
+        diff, cell = largest_difference(means["packed"], means["unpacked"])
+        print(f"largest |packed - unpacked| cell accuracy: {diff:.6f} ({cell})")
+    if "plain loop" in means:
+        diff, cell = largest_difference(means["packed"], means["plain loop"])
+        print(f"largest |packed - plain loop| cell accuracy: {diff:.6f} ({cell})")
+    cells_line = ", ".join(f"{k} {v:.4f}" for k, v in means["packed"].items())
+    print(f"packed mean CV accuracy: {cells_line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
@@ -183,25 +206,7 @@ def main() -> None:
         runs["unpacked"] = timed(device, lambda: packed(fits, arrays, folds, seed, device, 1, pad))
     size = args.pack_size or len(fits)
     runs["packed"] = timed(device, lambda: packed(fits, arrays, folds, seed, device, size, pad))
-    # Training images seen by every fit over every epoch (validation passes not counted).
-    trained = sum(len(folds[fold][0]) * recipe.optim.epochs for recipe, fold in fits)
-    for label, (wall, _) in runs.items():
-        print(
-            f"{label:>10}: wall {wall:7.1f} s, {len(fits) / wall:6.2f} fits/s, "
-            f"{trained / wall:,.0f} training images/s"
-        )
-    speedups = [f"{runs[b][0] / runs['packed'][0]:.2f}x over {b}" for b in runs if b != "packed"]
-    if speedups:
-        print(f"packed speed-up: {', '.join(speedups)}")
-    means = {label: cell_means(fits, scores) for label, (_, scores) in runs.items()}
-    if "unpacked" in means:
-        diff, cell = largest_difference(means["packed"], means["unpacked"])
-        print(f"largest |packed - unpacked| cell accuracy: {diff:.6f} ({cell})")
-    if "plain loop" in means:
-        diff, cell = largest_difference(means["packed"], means["plain loop"])
-        print(f"largest |packed - plain loop| cell accuracy: {diff:.6f} ({cell})")
-    cells_line = ", ".join(f"{k} {v:.4f}" for k, v in means["packed"].items())
-    print(f"packed mean CV accuracy: {cells_line}")
+    report(runs, fits, folds)
 
     if args.flow:
         with tempfile.TemporaryDirectory() as tmp:

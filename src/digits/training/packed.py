@@ -7,7 +7,7 @@ shape are stacked with `torch.func.stack_module_state` into (K, ...) tensors and
 one `torch.vmap` of `torch.func.functional_call` over the stack, so there is one model definition
 for the loop and the pack. Trials of different shapes (an MLP's width, depth, activation) go in
 separate stacks: vmap needs equal shapes, and the sweep already hands a device a pack of one width
-(`flows/_packing.split_packs`), so padding would buy little and cost masks in every layer.
+(the sweep's `split_packs`), so padding would buy little and cost masks in every layer.
 
 Each trial keeps everything that makes it the trial `training.loop.fit` trains alone under the
 same seed: the same initial weights and normalisation (built from its own fold), its own batch
