@@ -59,12 +59,10 @@ class StackedOptimizer:
         self.steps += 1
         decays = bool((weight_decay != 0).any())
         for i, (param, grad) in enumerate(zip(self.params, grads, strict=True)):
-            shape = (-1,) + (1,) * (param.ndim - 1)
 
-            def column(
-                values: Tensor, param: Tensor = param, shape: tuple[int, ...] = shape
-            ) -> Tensor:
-                return values.to(param.dtype).view(shape)
+            def column(values: Tensor, param: Tensor = param) -> Tensor:
+                """(K,) float64 -> (K, 1, ...) in the parameter's dtype, to scale its rows."""
+                return values.to(param.dtype).view((-1,) + (1,) * (param.ndim - 1))
 
             if decays and self.name != "adamw":  # L2: the decay joins the gradient
                 grad = grad + column(weight_decay) * param
