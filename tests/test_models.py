@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import digits.models as models_registry
+from digits.config import Recipe
 from digits.errors import DigitsError
 from digits.models import (
     InputSpec,
@@ -19,9 +23,12 @@ from digits.models import (
     register_model,
 )
 from digits.models.mlp import MLP, MLPArgs, mlp
+from digits.training.packed import PackedFit, can_pack, fit_packed
+from digits.training.recipe import evaluate_fold
 
 ZOO = ["alexnet", "vgg16", "resnet18", "resnet50", "resnet101"]
 NUM_CLASSES = 10
+CPU = torch.device("cpu")
 
 
 def random_images(n: int, image_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
@@ -65,11 +72,53 @@ def test_model_contract(name: str, image_shape: tuple[int, int, int]) -> None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears[-1].out_features == NUM_CLASSES
 
+    # Its registered depth is its weight layers off the shortcuts (a ResNet's downsampling
+    # convolutions sit on a side path, not on the longest one).
+    on_path = [
+        module
+        for module_name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and "downsample" not in module_name
+    ]
+    assert model_entry(name).depth(cheapest_args(name)) == len(on_path)
+
     logits.sum().backward()
     for param_name, param in model.named_parameters():
         if param.requires_grad:
             assert param.grad is not None, f"{param_name} got no gradient"
             assert torch.isfinite(param.grad).all(), f"{param_name} has a non-finite gradient"
+
+
+PACKABLE = [name for name in available_models() if model_entry(name).packs]
+
+
+def test_the_packed_trainer_takes_what_the_registry_says() -> None:
+    assert PACKABLE == ["mlp"]
+    assert [name for name in available_models() if can_pack(recipe_of(name))] == PACKABLE
+
+
+def test_can_pack_asks_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = model_entry("mlp")
+    monkeypatch.setitem(models_registry._REGISTRY, "mlp", replace(entry, packs=False))
+    assert not can_pack(recipe_of("mlp"))
+
+
+@pytest.mark.parametrize("name", PACKABLE)
+def test_a_packable_model_trains_packed_as_the_loop_trains_it(name: str) -> None:
+    images = random_images(60, (8, 8, 1)).numpy()
+    labels = np.arange(60) % 3
+    train_idx, val_idx = np.arange(40), np.arange(40, 60)
+    recipe = recipe_of(name).updated({"optim": {"epochs": 2, "batch_size": 16}})
+    fits = [PackedFit(recipe, train_idx, val_idx, seed=s) for s in (0, 1)]
+    for fit, result in zip(fits, fit_packed(fits, images, labels, CPU), strict=True):
+        lone = evaluate_fold(recipe, images, labels, train_idx, val_idx, fit.seed, CPU)
+        assert result.state == "complete"
+        for mine, theirs in zip(result.history, lone.history, strict=True):
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
+            assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-5)
+
+
+def recipe_of(name: str) -> Recipe:
+    return Recipe.model_validate({"model": {"name": name, "args": cheapest_args(name)}})
 
 
 @pytest.mark.parametrize(
@@ -212,4 +261,4 @@ def test_unknown_model_name_lists_the_available_ones() -> None:
 def test_registering_a_taken_name_fails() -> None:
     spec = InputSpec(channels=None, size=None, min_size=1, native_size=28)
     with pytest.raises(ValueError, match="already registered"):
-        register_model("mlp", MLPArgs, input_spec=lambda args: spec)(mlp)
+        register_model("mlp", MLPArgs, input_spec=lambda args: spec, weight_layers=1)(mlp)

@@ -1,9 +1,11 @@
 """The model registry: each architecture registers itself by name; everything else asks by name.
 
-A registration says three things the pipeline needs: the architecture's arguments (a strict pydantic
+A registration says what the pipeline needs: the architecture's arguments (a strict pydantic
 model, so `params.yaml` is checked against it when it is loaded), the input the network takes
-(`InputSpec`: channels, the smallest and the native size, the normalisation), and how to build it
-for a given input. `build_classifier` turns a registered name and its arguments into a
+(`InputSpec`: channels, the smallest and the native size, the normalisation), how to build it
+for a given input, and the facts the rest of the code asks of an architecture instead of testing
+its name: its depth in weight layers (which the zoo's report compares) and whether the packed
+trainer takes it. `build_classifier` turns a registered name and its arguments into a
 `PixelClassifier` that takes raw uint8 pixels N×H×W×C as they come from the data set.
 
 Adding an architecture is one file under `digits/models/` with a `@register_model(...)` builder and
@@ -76,13 +78,32 @@ Builder = Callable[[Any, int, int, int], nn.Module]
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered architecture."""
+    """One registered architecture.
+
+    Attributes:
+        name: The name `params.yaml` uses.
+        args: Its arguments' model.
+        input_spec: What the network takes, given its arguments.
+        build: The builder.
+        weight_layers: Weight layers (convolutions + fully connected) on the longest input-to-output
+            path, given its arguments: the depth the architectures' names count.
+        packs: Whether `digits.training.packed` trains it: a small network whose step is bound
+            by kernel launches, with no state but its parameters and constant buffers (no batch
+            statistics), whose only randomness is `nn.Dropout`.
+        pretrained: Whether the given arguments ask for pretrained weights.
+    """
 
     name: str
     args: type[ModelArgs]
     input_spec: Callable[[Any], InputSpec]
     build: Builder
+    weight_layers: Callable[[Any], int]
+    packs: bool = False
     pretrained: Callable[[Any], bool] = lambda args: False
+
+    def depth(self, args: Mapping[str, Any]) -> int:
+        """Weight layers on the longest path for these arguments (defaults filled in)."""
+        return self.weight_layers(parse_args(self.name, args))
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -93,6 +114,8 @@ def register_model(
     name: str,
     args: type[A],
     input_spec: Callable[[A], InputSpec],
+    weight_layers: int | Callable[[A], int],
+    packs: bool = False,
     pretrained: Callable[[A], bool] | None = None,
 ) -> Callable[[Callable[[A, int, int, int], nn.Module]], Callable[[A, int, int, int], nn.Module]]:
     """Register a builder `(args, channels, side, num_classes) -> nn.Module` under `name`.
@@ -101,6 +124,8 @@ def register_model(
         name: The name `params.yaml` uses.
         args: The architecture's arguments; `params.yaml` is validated against it.
         input_spec: What the network takes, given its arguments.
+        weight_layers: Weight layers on the longest path: a number, or one per arguments.
+        packs: Whether the packed trainer takes it (see `ModelEntry.packs`).
         pretrained: Whether the given arguments ask for pretrained weights (False when omitted).
 
     Raises:
@@ -112,8 +137,15 @@ def register_model(
     ) -> Callable[[A, int, int, int], nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
+        layers = weight_layers
         _REGISTRY[name] = ModelEntry(
-            name, args, input_spec, builder, pretrained or (lambda _args: False)
+            name,
+            args,
+            input_spec,
+            builder,
+            weight_layers=layers if callable(layers) else (lambda _args: layers),
+            packs=packs,
+            pretrained=pretrained or (lambda _args: False),
         )
         return builder
 

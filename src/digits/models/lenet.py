@@ -64,6 +64,7 @@ class LeNet5(nn.Module):
     input_spec=lambda args: InputSpec(
         channels=None, size=args.image_size, min_size=NATIVE_SIZE, native_size=NATIVE_SIZE
     ),
+    weight_layers=5,  # C1, C3, C5 (a dense layer in this build), F6 and the output layer
 )
 def lenet5(args: LeNetArgs, channels: int, side: int, num_classes: int) -> LeNet5:
     return LeNet5(channels, side, num_classes)

@@ -57,6 +57,8 @@ class MLP(nn.Module):
     MLPArgs,
     # The data set's own channels and size: 1×28×28 (784 inputs) on MNIST.
     input_spec=lambda args: InputSpec(channels=None, size=None, min_size=1, native_size=28),
+    weight_layers=lambda args: args.depth + 1,  # the hidden layers and the output layer
+    packs=True,
 )
 def mlp(args: MLPArgs, channels: int, side: int, num_classes: int) -> MLP:
     return MLP(args, in_features=channels * side * side, num_classes=num_classes)

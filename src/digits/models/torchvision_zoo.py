@@ -227,7 +227,11 @@ def _input_spec(min_size: int) -> Callable[[ImageNetArgs], InputSpec]:
 
 
 @register_model(
-    "alexnet", AlexNetArgs, input_spec=_input_spec(min_size=63), pretrained=lambda a: a.pretrained
+    "alexnet",
+    AlexNetArgs,
+    input_spec=_input_spec(min_size=63),
+    weight_layers=8,
+    pretrained=lambda a: a.pretrained,
 )
 def alexnet(args: AlexNetArgs, channels: int, side: int, num_classes: int) -> AlexNet:
     return _classifier_network(
@@ -236,7 +240,11 @@ def alexnet(args: AlexNetArgs, channels: int, side: int, num_classes: int) -> Al
 
 
 @register_model(
-    "vgg16", VGG16Args, input_spec=_input_spec(min_size=32), pretrained=lambda a: a.pretrained
+    "vgg16",
+    VGG16Args,
+    input_spec=_input_spec(min_size=32),
+    weight_layers=16,
+    pretrained=lambda a: a.pretrained,
 )
 def vgg16(args: VGG16Args, channels: int, side: int, num_classes: int) -> VGG:
     return _classifier_network(
@@ -245,7 +253,11 @@ def vgg16(args: VGG16Args, channels: int, side: int, num_classes: int) -> VGG:
 
 
 @register_model(
-    "resnet18", ResNetArgs, input_spec=_input_spec(min_size=32), pretrained=lambda a: a.pretrained
+    "resnet18",
+    ResNetArgs,
+    input_spec=_input_spec(min_size=32),
+    weight_layers=18,
+    pretrained=lambda a: a.pretrained,
 )
 def resnet18(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
     return _resnet(
@@ -254,7 +266,11 @@ def resnet18(args: ResNetArgs, channels: int, side: int, num_classes: int) -> Re
 
 
 @register_model(
-    "resnet50", ResNetArgs, input_spec=_input_spec(min_size=32), pretrained=lambda a: a.pretrained
+    "resnet50",
+    ResNetArgs,
+    input_spec=_input_spec(min_size=32),
+    weight_layers=50,
+    pretrained=lambda a: a.pretrained,
 )
 def resnet50(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
     return _resnet(
@@ -263,7 +279,11 @@ def resnet50(args: ResNetArgs, channels: int, side: int, num_classes: int) -> Re
 
 
 @register_model(
-    "resnet101", ResNetArgs, input_spec=_input_spec(min_size=32), pretrained=lambda a: a.pretrained
+    "resnet101",
+    ResNetArgs,
+    input_spec=_input_spec(min_size=32),
+    weight_layers=101,
+    pretrained=lambda a: a.pretrained,
 )
 def resnet101(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
     return _resnet(

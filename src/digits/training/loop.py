@@ -136,6 +136,36 @@ def evaluate(
     return loss_sum, correct
 
 
+def epoch_train_scores(
+    batch_losses: Tensor, correct: int, n: int, cfg: OptimConfig, epoch: int
+) -> tuple[float, float]:
+    """An epoch's mean training loss and accuracy, from what its batches recorded.
+
+    Args:
+        batch_losses: (n_batches,) mean loss of each batch, on the host; every batch holds
+            `cfg.batch_size` images but the last, which holds the rest of the `n`.
+        correct: Training images classified correctly during the epoch.
+        n: Training images.
+        cfg: The run's settings (batch size; learning rate and optimiser for the message).
+        epoch: The epoch's number, for the message.
+
+    Raises:
+        TrainingDiverged: if a batch loss is NaN or infinite, naming the first such batch.
+    """
+    n_batches = batch_losses.shape[0]
+    finite = torch.isfinite(batch_losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise TrainingDiverged(
+            f"training diverged: non-finite loss {float(batch_losses[bad])} at epoch {epoch}, "
+            f"batch {bad + 1} of {n_batches} (lr={cfg.lr}, optimizer={cfg.optimizer}); "
+            "lower the learning rate"
+        )
+    sizes = torch.full((n_batches,), float(cfg.batch_size))
+    sizes[-1] = n - (n_batches - 1) * cfg.batch_size
+    return float((batch_losses * sizes).sum()) / n, correct / n
+
+
 def _capture(
     key: str,
     epoch: int,
@@ -240,6 +270,43 @@ def fit(
         )
 
 
+def _train_epoch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: OptimConfig,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    generators: dict[str, torch.Generator],
+    transform: BatchTransform | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """One pass over (x, y) in a fresh order: (n_batches,) mean batch losses and the number
+    correct, both on the device (no host sync)."""
+    n = x.shape[0]
+    n_batches = math.ceil(n / cfg.batch_size)
+    model.train()
+    order = torch.randperm(n, device=device, generator=generators["order"])  # (N,)
+    batch_losses = torch.empty(n_batches, device=device)  # mean loss of each batch
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for batch in range(n_batches):
+        idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # (B,)
+        xb, yb = x[idx], y[idx]  # (B, H, W, C) uint8, (B,)
+        if transform is not None:
+            xb = transform(xb, generators["augment"])  # (B, H, W, C) float, 0-255
+        with autocast(device):
+            logits = model(xb)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        batch_losses[batch] = loss.detach()
+        correct += (logits.detach().argmax(dim=1) == yb).sum()
+    return batch_losses, correct
+
+
 def _fit(
     model: nn.Module,
     x: Tensor,
@@ -260,8 +327,7 @@ def _fit(
     }
     optimizer = make_optimizer(model, cfg, device)
     n = x.shape[0]
-    n_batches = math.ceil(n / cfg.batch_size)
-    schedule = make_schedule(optimizer, cfg, n_batches)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=math.ceil(n / cfg.batch_size))
     history: list[dict[str, float]] = []
     first_epoch = 1
     if checkpoint is not None:
@@ -276,9 +342,12 @@ def _fit(
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.perf_counter()
         batch_losses, correct = _train_epoch(
-            model, x, y, cfg, optimizer, schedule, generators, device, transform
+            model, x, y, cfg, optimizer, schedule, generators, transform, device
         )
-        train_loss, train_accuracy = _epoch_scores(batch_losses, correct, n, cfg, epoch)
+        # The one host sync of the epoch: every batch loss, to find divergence and the mean.
+        train_loss, train_accuracy = epoch_train_scores(
+            batch_losses.cpu(), int(correct), n, cfg, epoch
+        )
         train_seconds = time.perf_counter() - epoch_started
 
         val_loss = val_accuracy = float("nan")
@@ -318,70 +387,6 @@ def _fit(
         model=model,
         resumed_from=resumed_from,
     )
-
-
-def _train_epoch(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    cfg: OptimConfig,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler | None,
-    generators: dict[str, torch.Generator],
-    device: torch.device,
-    transform: BatchTransform | None,
-) -> tuple[Tensor, Tensor]:
-    """One pass over (x, y) in a fresh random order, left on the device (no host sync).
-
-    Returns:
-        (n_batches,) mean loss of each batch, and the 0-d count of correct training predictions.
-    """
-    n = x.shape[0]
-    n_batches = math.ceil(n / cfg.batch_size)
-    model.train()
-    order = torch.randperm(n, device=device, generator=generators["order"])  # (N,)
-    batch_losses = torch.empty(n_batches, device=device)  # mean loss of each batch
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for batch in range(n_batches):
-        idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]  # (B,)
-        xb, yb = x[idx], y[idx]  # (B, H, W, C) uint8, (B,)
-        if transform is not None:
-            xb = transform(xb, generators["augment"])  # (B, H, W, C) float, 0-255
-        with autocast(device):
-            logits = model(xb)  # (B, classes)
-        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        batch_losses[batch] = loss.detach()
-        correct += (logits.detach().argmax(dim=1) == yb).sum()
-    return batch_losses, correct
-
-
-def _epoch_scores(
-    batch_losses: Tensor, correct: Tensor, n: int, cfg: OptimConfig, epoch: int
-) -> tuple[float, float]:
-    """Training loss (weighted by batch size) and accuracy of an epoch.
-
-    Raises:
-        TrainingDiverged: a batch loss is not finite, naming the epoch and batch.
-    """
-    n_batches = batch_losses.shape[0]
-    # The one host sync of the epoch: every batch loss, to find divergence and the mean.
-    losses = batch_losses.cpu()
-    finite = torch.isfinite(losses)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise TrainingDiverged(
-            f"training diverged: non-finite loss {float(losses[bad])} at epoch {epoch}, "
-            f"batch {bad + 1} of {n_batches} (lr={cfg.lr}, optimizer={cfg.optimizer}); "
-            "lower the learning rate"
-        )
-    sizes = torch.full((n_batches,), float(cfg.batch_size))
-    sizes[-1] = n - (n_batches - 1) * cfg.batch_size
-    return float((losses * sizes).sum()) / n, int(correct) / n
 
 
 def predict_proba(

@@ -56,3 +56,24 @@ def make_schedule(
             optimizer, T_max=cfg.epochs * steps_per_epoch
         )
     return None
+
+
+def scheduled_rates(cfg: OptimConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every step of a run, as `make_schedule` sets it in the loop.
+
+    The loop's own scheduler is stepped over a stand-in optimiser, so the rates are its numbers
+    exactly (`CosineAnnealingLR` computes each from the last), for trainers that apply them
+    themselves (`digits.training.stacked_optim`).
+
+    Returns:
+        `cfg.epochs * steps_per_epoch` rates; the rate of step t is the t-th.
+    """
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
+    rates = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        rates.append(float(optimizer.param_groups[0]["lr"]))
+        if schedule is not None:
+            optimizer.step()  # no gradient: nothing moves; keeps the scheduler's order check
+            schedule.step()
+    return rates

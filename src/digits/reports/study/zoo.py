@@ -15,7 +15,7 @@ from digits.reports.study.files import (
     markdown_table,
     missing_lines,
 )
-from digits.reports.zoo import ORIGINAL_TABLE2, WEIGHT_LAYERS, ZooRow, findings
+from digits.studies.svhn_zoo import ORIGINAL_TABLE2, ZooRow, findings
 
 ZOO_FIGURES = {
     "Test accuracy vs parameters": "figures/accuracy_vs_parameters.png",
@@ -150,7 +150,7 @@ def _zoo_tables(
         [
             r.label,
             f"{r.parameters:,}",
-            str(WEIGHT_LAYERS.get(r.model, "?")),
+            str(r.depth) if r.depth is not None else "?",
             f"{r.train_seconds:.1f}",
             f"{r.images_per_second:,.0f}",
             r.registered or "—",
