@@ -74,7 +74,8 @@ def flow_sweep(params_path: Path, workdir: Path) -> dict:
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges.runner import shared_prefect_api, task_runner
+    from digits.edges.dask_runner import task_runner
+    from digits.edges.prefect_server import shared_prefect_api
 
     runner = task_runner(load_params(params_path).compute)
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def main() -> None:
         params_path = workdir / "params.yaml"
         params_path.write_text(yaml.safe_dump(raw))
         summary = flow_sweep(params_path, workdir)
-    from digits.edges.runner import plan_placement
+    from digits.edges.dask_runner import plan_placement
 
     workers = max(plan_placement(params.compute).workers, 1)
     sweep, train, startup = (

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
+from digits.edges.prefect_server import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -50,16 +50,12 @@ from digits.data.arrays import (
     prepared_checksum,
     read_manifest,
 )
-from digits.edges import registry, tracking
-from digits.edges.cli import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
+from digits.edges import registry
+from digits.edges.dask_runner import configure_worker_threads, plan_placement, task_slots
+from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
+from digits.edges.progress import ProgressFeed, publish_progress
 from digits.edges.resume import SweepStore, sweep_key
-from digits.edges.runner import (
-    ProgressFeed,
-    configure_worker_threads,
-    plan_placement,
-    publish_progress,
-    task_slots,
-)
+from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, open_tracking_store
 from digits.errors import DigitsError, DiskFull, TrainingDiverged
 from digits.search import make_study
 from digits.sweep import SweepScheduler, Trial
@@ -244,12 +240,12 @@ class Engine:
         self.params, self.experiment, self.data = params, experiment, data
         self.logger = get_run_logger()
         self.placement = plan_placement(params.compute, max_tasks=max_tasks)
-        tracking.configure(params.tracking)
+        self.tracking = open_tracking_store(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
         context = FlowRunContext.get()
         runner = context.task_runner if context else None
         flow_tags = flow_run_tags()
-        self.flow_run_id = flow_tags[tracking.PREFECT_FLOW_RUN_TAG]
+        self.flow_run_id = flow_tags[PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
         self.slots = task_slots(self.placement, runner)
         self.retries = {
@@ -268,7 +264,7 @@ class Engine:
         self.logger.info("placement: %s; %d task(s) at once", self.placement.describe(), self.slots)
         self._stores: list[SweepStore] = []
         reclaim_sigterm()
-        ended = tracking.end_orphaned_runs(experiment)
+        ended = self.tracking.runs.end_orphaned_runs(experiment)
         if ended:
             self.logger.warning(
                 "%d run(s) left RUNNING by a process that no longer exists ended as KILLED",
@@ -281,11 +277,13 @@ class Engine:
         """Record the data set in the active run, as MLflow's dataset input."""
         name = f"{self.data.dataset}{' (synthetic)' if self.data.is_synthetic() else ''}"
         source = Path(self.data.root) / "prepared" / self.data.dataset
-        tracking.log_dataset(name, self.checksum, source, context, self.data.test_examples())
+        self.tracking.runs.log_dataset(
+            name, self.checksum, source, context, self.data.test_examples()
+        )
 
     def _record_epochs(self) -> None:
         for message in self.feed.drain():
-            tracking.log_run_metrics(
+            self.tracking.runs.log_run_metrics(
                 message["run_id"],
                 message["metrics"],
                 step=message["step"],
@@ -297,7 +295,7 @@ class Engine:
         """Block until at least one future is done, recording epochs as they arrive.
 
         The place where a Ctrl-C or SIGTERM received meanwhile is raised (see
-        `digits.edges.cli.deferred_interrupts`).
+        `digits.edges.interrupts.deferred_interrupts`).
         """
         while True:
             done = wait(futures, timeout=0.5).done
@@ -317,7 +315,7 @@ class Engine:
         Raises:
             TrainingDiverged: when every trial failed (the first reason is given).
         """
-        parent = tracking.active_run_id()
+        parent = self.tracking.runs.active_run_id()
         packing = _packing.packing_enabled(self.params.compute, self.placement)
         store = self.sweep_store(search, base, folds, packing)
         study = None
@@ -347,7 +345,7 @@ class Engine:
 
         def trial_run(trial: Trial) -> str:
             if trial.number not in run_ids:
-                run_ids[trial.number] = tracking.create_run(
+                run_ids[trial.number] = self.tracking.runs.create_run(
                     self.experiment,
                     trial.name,
                     params={**recipe_params(trial.recipe), "folds": folds},
@@ -412,14 +410,14 @@ class Engine:
             if trial.state == "failed":
                 progress.update(max(folds - len(trial.scores) - 1, 0))
                 self.logger.warning("%s failed: %s", trial.name, trial.failure)
-                tracking.end_run(
+                self.tracking.runs.end_run(
                     run_id, "FAILED", {"failure_reason": trial.failure or "", **closing}
                 )
                 return
             if trial.state == "pruned":
                 progress.update(folds - len(trial.scores))
             seconds = sum(r.train_seconds for r in trial.outcomes.values())
-            tracking.log_run_metrics(
+            self.tracking.runs.log_run_metrics(
                 run_id,
                 {
                     "cv_accuracy": trial.mean_score(),
@@ -429,7 +427,7 @@ class Engine:
                 | {f"fold{k}/accuracy": trial.scores[k] for k in trial.scores},
                 step=len(trial.scores),
             )
-            tracking.end_run(run_id, "FINISHED", {"state": trial.state, **closing})
+            self.tracking.runs.end_run(run_id, "FINISHED", {"state": trial.state, **closing})
 
         for trial, fold in scheduler.start():
             launch(trial, fold)
@@ -512,7 +510,9 @@ class Engine:
         """A stored fold's per-epoch curve, logged into the new trial run."""
         for row in history:
             metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
-            tracking.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
+            self.tracking.runs.log_run_metrics(
+                run_id, metrics, step=int(row["epoch"]), prefix=prefix
+            )
 
     # ---------------------------------------------------------------------------------- final
 
@@ -520,12 +520,12 @@ class Engine:
         self, recipe: Recipe, run_name: str, params: Mapping[str, Any] | None = None
     ) -> tuple[Any, str]:
         """Submit the final fit of `recipe`; returns (future, run id of its RUNNING MLflow run)."""
-        run_id = tracking.create_run(
+        run_id = self.tracking.runs.create_run(
             self.experiment,
             run_name,
             params={**recipe_params(recipe), **(params or {})},
             tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
-            parent_run_id=tracking.active_run_id(),
+            parent_run_id=self.tracking.runs.active_run_id(),
         )
         final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
         future = final_task.submit(
@@ -555,7 +555,7 @@ class Engine:
     def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:
         """The test scores and the rest of a final fit, into its run."""
         metrics = result.metrics
-        tracking.log_run_metrics(
+        self.tracking.runs.log_run_metrics(
             run_id,
             {
                 "accuracy": metrics.accuracy,
@@ -585,10 +585,10 @@ class Engine:
         """
         example = self.data.test_examples()
         test_set = self.data.test_set(self.checksum)
-        version = tracking.register_model_in_run(
+        version = self.tracking.models.register_model_in_run(
             run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
         )
-        decision = registry.promote_if_better(name, version)
+        decision = registry.promote_if_better(self.tracking, name, version)
         self.logger.info("%s v%s: %s", name, version, decision.reason)
         return version, decision.promoted
 
@@ -597,7 +597,7 @@ class Engine:
         Prefect artifact, drop what only a resume would need."""
         self._record_epochs()
         self.feed.close()
-        link_mlflow_records(f"{self.experiment} ({self.params.profile})")
+        link_mlflow_records(self.tracking, f"{self.experiment} ({self.params.profile})")
         for store in self._stores:
             store.clear()
 

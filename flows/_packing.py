@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from digits.edges.runner import set_prefect_defaults
+from digits.edges.prefect_server import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from digits.config import ComputeConfig, Recipe
 from digits.crossval import stratified_folds
-from digits.edges.runner import Placement, configure_worker_threads
+from digits.edges.dask_runner import Placement, configure_worker_threads
 from digits.errors import TrainingDiverged
 from digits.sweep import Launch
 from digits.training.loop import select_device
@@ -55,7 +55,7 @@ def trials_in_flight(slots: int, packing: bool) -> int:
     """Trials the scheduler keeps running at once for Optuna (grid and random launch all).
 
     Args:
-        slots: Tasks the cluster runs at once (`digits.edges.runner.task_slots`).
+        slots: Tasks the cluster runs at once (`digits.edges.dask_runner.task_slots`).
         packing: Whether the fits that share a worker are packed into one task.
     """
     workers = max(slots, 1)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.edges.runner import set_prefect_defaults
+from digits.edges.prefect_server import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from digits.config import TheoryConfig, load_params
-from digits.edges import tracking
+from digits.edges.tracking import open_tracking_store
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
 from flows._main import (
@@ -54,7 +54,7 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
 
     logger = get_run_logger()
     params = load_params(params_path)
-    tracking.configure(params.tracking)
+    store = open_tracking_store(params.tracking)
     measure = measure_convexity.with_options(
         retries=params.compute.task_retries, retry_delay_seconds=params.compute.retry_delay_s
     )
@@ -65,16 +65,16 @@ def theory_flow(params_path: str = "params.yaml", report_dir: str = str(REPORT_D
         **flow_run_tags(),
     }
     run_params: dict[str, Any] = {"seed": params.seed, **params.theory.model_dump()}
-    with tracking.start_run(
+    with store.runs.start_run(
         EXPERIMENT, f"convexity-{params.profile}", params=run_params, tags=tags
     ):
         started = time.perf_counter()
         results = measure(params.data.root, params.theory, params.seed)
         seconds = time.perf_counter() - started
         paths = write_report(results, Path(report_dir))
-        tracking.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
-        tracking.log_artifacts(Path(report_dir))
-    link_mlflow_records(f"theory ({params.profile})")
+        store.runs.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
+        store.runs.log_artifacts(Path(report_dir))
+    link_mlflow_records(store, f"theory ({params.profile})")
     verdicts = results_summary(results)["verdicts"]
     for question, verdict in verdicts.items():
         logger.info("%s: %s is convex in the weights", question, verdict["answer"])

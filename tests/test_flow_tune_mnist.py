@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def prefect_api() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    from digits.edges.runner import shared_prefect_api
+    from digits.edges.prefect_server import shared_prefect_api
 
     with prefect_test_harness(server_startup_timeout=120), shared_prefect_api():
         yield
@@ -92,8 +92,8 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges import tracking
-    from digits.edges.runner import task_runner
+    from digits.edges.dask_runner import task_runner
+    from digits.edges.tracking import CHAMPION_ALIAS
 
     runner = task_runner(load_params(tiny_study).compute)
     summary = tune_mnist.with_options(task_runner=runner)(str(tiny_study), str(tmp_path / "report"))
@@ -119,7 +119,7 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
         "mnist", load_params(tiny_study).data.root
     )
     assert (tmp_path / "report" / "tuning.csv").read_text().count("\n") == 5
-    assert tracking.CHAMPION_ALIAS in MlflowClient().get_registered_model("tiny-mlp").aliases
+    assert CHAMPION_ALIAS in MlflowClient().get_registered_model("tiny-mlp").aliases
     # Links both ways: every run and the version carry the flow run's id, and the flow run has
     # an artifact linking to each of them in the MLflow UI.
     flow_run_id = version.tags["prefect_flow_run_id"]

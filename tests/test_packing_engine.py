@@ -6,7 +6,7 @@ import pytest
 from flows._packing import packing_enabled, split_packs, trials_in_flight
 
 from digits.config import ComputeConfig, Recipe, SearchConfig, params_from_dict
-from digits.edges.runner import Placement
+from digits.edges.dask_runner import Placement
 from digits.errors import DigitsError
 from digits.sweep import SweepScheduler
 

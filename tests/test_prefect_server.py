@@ -59,7 +59,7 @@ def other_service_port() -> Iterator[int]:
 def test_probe_finds_a_server_on_the_documented_port(healthy_port: int) -> None:
     from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
 
-    from digits.edges.runner import local_prefect_server
+    from digits.edges.prefect_server import local_prefect_server
 
     with temporary_settings({PREFECT_SERVER_API_PORT: healthy_port}):
         assert local_prefect_server() == f"http://127.0.0.1:{healthy_port}/api"
@@ -68,7 +68,7 @@ def test_probe_finds_a_server_on_the_documented_port(healthy_port: int) -> None:
 def test_probe_ignores_a_closed_port_and_other_services(other_service_port: int) -> None:
     from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
 
-    from digits.edges.runner import local_prefect_server
+    from digits.edges.prefect_server import local_prefect_server
 
     with temporary_settings({PREFECT_SERVER_API_PORT: free_port()}):
         assert local_prefect_server() is None
@@ -78,13 +78,13 @@ def test_probe_ignores_a_closed_port_and_other_services(other_service_port: int)
 
 FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
     """
-    from digits.edges.runner import set_prefect_defaults
+    from digits.edges.prefect_server import set_prefect_defaults
 
     set_prefect_defaults()
 
     from prefect import flow
 
-    from digits.edges.runner import shared_prefect_api
+    from digits.edges.prefect_server import shared_prefect_api
 
     @flow(name="runs-without-a-server")
     def probe() -> int:

@@ -179,7 +179,7 @@ def test_a_sweep_killed_holding_optunas_lock_resumes_and_a_live_one_is_refused(
     import subprocess
     import sys
 
-    from digits.edges.tracking import PID_TAG, process_tags
+    from digits.edges.process import PID_TAG, process_tags
     from digits.errors import DigitsError
 
     store = SweepStore(tmp_path, "k")

@@ -1,6 +1,7 @@
 """The model registry as users meet it: names, aliases, promotion, loading by alias.
 
-The MLflow calls are in `digits.edges.tracking`; this module holds the rules:
+The MLflow calls are in `digits.edges.tracking.models` (reached through the `TrackingStore`
+handed to each function); this module holds the rules:
 
 * names, versions and aliases are checked before MLflow sees them, so a mistake is one line
   (`latest` and `v3` are MLflow's own references, not aliases; a quote cannot be in a name);
@@ -18,8 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from digits.edges import tracking
-from digits.edges.tracking import CHAMPION_ALIAS, VersionFacts
+from digits.edges.tracking import CHAMPION_ALIAS, TrackingStore, VersionFacts
 from digits.errors import DigitsError
 
 FULL_PROFILE = "full"
@@ -94,8 +94,8 @@ def parse_reference(reference: str) -> tuple[str, str]:
     )
 
 
-def _versions(name: str) -> list[VersionFacts]:
-    versions = tracking.model_versions(check_model_name(name))
+def _versions(store: TrackingStore, name: str) -> list[VersionFacts]:
+    versions = store.models.model_versions(check_model_name(name))
     if not versions:
         raise DigitsError(f"no registered model named {name!r} in this store")
     return versions
@@ -105,7 +105,7 @@ def _by_alias(versions: list[VersionFacts], alias: str) -> VersionFacts | None:
     return next((v for v in versions if alias in v.aliases), None)
 
 
-def set_alias(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+def set_alias(store: TrackingStore, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
     """Point `alias` of model `name` at `version` by hand (`digits promote NAME VERSION`).
 
     Raises:
@@ -113,14 +113,14 @@ def set_alias(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
     """
     check_alias(alias)
     version = check_version(version)
-    versions = _versions(name)
+    versions = _versions(store, name)
     if version not in {v.version for v in versions}:
         known = ", ".join(v.version for v in versions)
         raise DigitsError(
             f"model {name!r} version {version!r} is not registered; known versions: {known}"
         )
-    tracking.set_alias(name, alias, version)
-    tracking.set_version_tags(
+    store.models.set_alias(name, alias, version)
+    store.models.set_version_tags(
         name,
         version,
         {"promotion_reason": f"alias {alias!r} set by hand", "promoted_at": _now()},
@@ -287,6 +287,7 @@ def decide(
 
 
 def promote_best(
+    store: TrackingStore,
     name: str,
     metric: str,
     alias: str = CHAMPION_ALIAS,
@@ -304,9 +305,10 @@ def promote_best(
     check_alias(alias)
     if not metric.strip():
         raise DigitsError("--best-by needs a metric name (e.g. accuracy)")
-    decision, chosen, holder = decide(_versions(name), metric, alias, candidates, lower_is_better)
+    versions = _versions(store, name)
+    decision, chosen, holder = decide(versions, metric, alias, candidates, lower_is_better)
     if decision.promoted and chosen is not None:
-        tracking.set_alias(name, alias, chosen.version)
+        store.models.set_alias(name, alias, chosen.version)
         tags: dict[str, Any] = {
             "promotion_reason": decision.reason,
             "promotion_metric": metric,
@@ -316,10 +318,12 @@ def promote_best(
         if holder is not None:
             tags["promotion_previous_version"] = holder.version
             tags["promotion_previous_value"] = _value(holder, metric)
-        tracking.set_version_tags(name, chosen.version, tags)
+        store.models.set_version_tags(name, chosen.version, tags)
     return decision
 
 
-def promote_if_better(name: str, version: str, metric: str = "accuracy") -> Decision:
+def promote_if_better(
+    store: TrackingStore, name: str, version: str, metric: str = "accuracy"
+) -> Decision:
     """After registering `version`: make it `champion` where `decide` prefers it (the engine)."""
-    return promote_best(name, metric, CHAMPION_ALIAS, candidates=[version])
+    return promote_best(store, name, metric, CHAMPION_ALIAS, candidates=[version])

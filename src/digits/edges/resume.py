@@ -92,7 +92,7 @@ class SweepStore:
         Raises:
             DigitsError: the sweep is being run by another live process on this host.
         """
-        from digits.edges.tracking import owner_is_gone, process_tags
+        from digits.edges.process import owner_is_gone, process_tags
 
         owner_file = self.directory / "owner.json"
         self.directory.mkdir(parents=True, exist_ok=True)
