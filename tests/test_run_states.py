@@ -43,6 +43,16 @@ def test_the_sweep_run_and_the_runs_it_left_open_end_together(
     assert finished is not None and status(finished) == "FINISHED"  # not touched
 
 
+def test_a_store_ends_only_the_runs_it_opened(store: TrackingStore) -> None:
+    other = open_tracking_store(TrackingConfig(artifact_root=Path(store.artifact_root)))
+    ours = store.runs.create_run("unit", "ours")
+    theirs = other.runs.create_run("unit", "theirs")  # another recorder on the same store
+    assert store.runs.end_open_runs("KILLED") == [ours]
+    assert (status(ours), status(theirs)) == ("KILLED", "RUNNING")
+    assert store.open_runs == set() and other.open_runs == {theirs}
+    other.runs.end_run(theirs)
+
+
 def test_every_run_names_the_process_that_owns_it(store: TrackingStore) -> None:
     run_id = store.runs.create_run("unit", "trial")
     tags = MlflowClient().get_run(run_id).data.tags
