@@ -231,7 +231,8 @@ class SweepOutcome:
 class Engine:
     """One study's flow run: placement, provenance, the MLflow experiment and the progress feed.
 
-    Create it inside a Prefect flow.
+    Create it inside a Prefect flow. `tracking` is the store it opened (`TrackingStore`): the
+    flow records its own runs through ``engine.tracking.runs``.
     """
 
     def __init__(
