@@ -241,6 +241,24 @@ def test_the_project_store_from_params_is_created_on_first_use(tmp_path: Path, m
     assert (tmp_path / "mlruns").is_dir()
 
 
+def test_a_server_store_is_not_looked_for_on_disk_and_is_asked_when_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.chdir(tmp_path)
+    store = open_tracking_store(TrackingConfig())  # recording: the server places everything
+    assert not store.is_local and list(tmp_path.iterdir()) == []
+    with pytest.raises(DigitsError, match=f"cannot read the MLflow store http://127.0.0.1:{port}"):
+        open_tracking_store(TrackingConfig(), mode="read")
+
+
 def test_promote_against_a_missing_store_is_one_line(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params = tmp_path / "params.yaml"
