@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from digits.edges.runner import set_prefect_defaults
+from digits.edges.prefect_server import set_prefect_defaults
 
 set_prefect_defaults()  # before prefect is imported
 
@@ -24,8 +24,9 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from digits.config import ComputeConfig, TrackingConfig  # noqa: E402
-from digits.edges import tracking  # noqa: E402
-from digits.edges.runner import shared_prefect_api, task_runner  # noqa: E402
+from digits.edges.dask_runner import task_runner  # noqa: E402
+from digits.edges.prefect_server import shared_prefect_api  # noqa: E402
+from digits.edges.tracking import open_tracking_store  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -48,23 +49,23 @@ def idle_sweep(tasks: int, seconds: float, workers: int) -> float:
 def record_trials(trials: int, folds: int, root: Path) -> float:
     """Seconds per trial to record what the tuning flow records for one configuration."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    tracking.configure(TrackingConfig(artifact_root=root / "artifacts"))
+    runs = open_tracking_store(TrackingConfig(artifact_root=root / "artifacts")).runs
     history = [
         {"epoch": e, "train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1,
          "val_accuracy": 0.9, "seconds": 1.0}
         for e in range(1, 21)
     ]  # fmt: skip
     params = {"activation": "relu", "width": 256, "depth": 3, "lr": 0.003, "folds": folds}
-    with tracking.start_run("bench", "warm-up"):
+    with runs.start_run("bench", "warm-up"):
         pass  # the store's tables are created once, outside the timing
     started = time.perf_counter()
-    with tracking.start_run("bench", "sweep"):
+    with runs.start_run("bench", "sweep"):
         for trial in range(trials):
-            with tracking.start_run("bench", f"trial-{trial}", params=params, nested=True):
-                tracking.log_metrics({f"fold_{k}_val_accuracy": 0.9 for k in range(folds)})
-                tracking.log_metrics({"mean_cv_accuracy": 0.9, "std_cv_accuracy": 0.0})
+            with runs.start_run("bench", f"trial-{trial}", params=params, nested=True):
+                runs.log_metrics({f"fold_{k}_val_accuracy": 0.9 for k in range(folds)})
+                runs.log_metrics({"mean_cv_accuracy": 0.9, "std_cv_accuracy": 0.0})
                 for k in range(folds):
-                    tracking.log_history(history, prefix=f"fold_{k}_")
+                    runs.log_history(history, prefix=f"fold_{k}_")
     return (time.perf_counter() - started) / trials
 
 

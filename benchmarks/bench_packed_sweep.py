@@ -113,7 +113,8 @@ def flow_sweep(raw: dict[str, Any], packing: str, workdir: Path) -> dict[str, An
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
+    from digits.edges.dask_runner import plan_placement, task_runner
+    from digits.edges.prefect_server import shared_prefect_api
 
     raw = {**raw, "compute": {**raw["compute"], "packing": packing}}
     params_path = workdir / f"params-{packing}.yaml"

@@ -74,7 +74,8 @@ def flow_sweep(params_path: Path, workdir: Path) -> dict:
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
+    from digits.edges.dask_runner import plan_placement, task_runner
+    from digits.edges.prefect_server import shared_prefect_api
 
     params = load_params(params_path)
     placement = plan_placement(params.compute)
@@ -121,7 +122,7 @@ def main() -> None:
         params_path = workdir / "params.yaml"
         params_path.write_text(yaml.safe_dump(raw))
         summary = flow_sweep(params_path, workdir)
-    from digits.edges.runner import plan_placement
+    from digits.edges.dask_runner import plan_placement
 
     workers = max(plan_placement(params.compute).workers, 1)
     sweep, train, startup = (

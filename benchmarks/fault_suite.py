@@ -189,7 +189,8 @@ def bad_input_figures(root: Path) -> None:
 
     from digits.config import DataConfig, TrackingConfig, load_params
     from digits.data import prepare, sources, synthetic
-    from digits.edges import cli, runner, tracking
+    from digits.edges import cli, dask_runner
+    from digits.edges.tracking import open_tracking_store
     from digits.files import write_atomic
     from digits.training import checkpoint
 
@@ -304,8 +305,8 @@ def bad_input_figures(root: Path) -> None:
                 fault="ENOSPC while storing a finished fold")  # fmt: skip
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    tracking.configure(TrackingConfig(artifact_root=root / "artifacts"))
-    run_id = tracking.create_run("faults", "run")
+    store = open_tracking_store(TrackingConfig(artifact_root=root / "artifacts"))
+    run_id = store.runs.create_run("faults", "run")
     import sqlite3
 
     import mlflow
@@ -318,9 +319,9 @@ def bad_input_figures(root: Path) -> None:
 
     with patched(mlflow.tracking.MlflowClient, "log_batch", database_full):
         refused("disk full under the tracking store",
-                lambda: tracking.log_run_metrics(run_id, {"accuracy": 0.5}), "no space left",
+                lambda: store.runs.log_run_metrics(run_id, {"accuracy": 0.5}), "no space left",
                 lambda: True, fault="ENOSPC under the tracking database")  # fmt: skip
-    tracking.end_run(run_id)
+    store.runs.end_run(run_id)
 
     # Tracking stores.
     for name, uri, expect in [
@@ -328,7 +329,7 @@ def bad_input_figures(root: Path) -> None:
         ("store in a missing folder", f"sqlite:///{root}/mlrun/mlflow.db", "does not exist"),
     ]:
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        refused(name, lambda: tracking.configure(TrackingConfig()), expect,
+        refused(name, lambda: open_tracking_store(TrackingConfig()), expect,
                 lambda: not (root / "mlrun").exists())  # fmt: skip
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/none.db"
     refused("promote against a missing store",
@@ -338,7 +339,7 @@ def bad_input_figures(root: Path) -> None:
 
     # Dask connection.
     refused("tls:// scheduler without certificates",
-            lambda: runner.task_runner(
+            lambda: dask_runner.task_runner(
                 load_params(REPO / "params.yaml").compute.model_copy(
                     update={"dask_address": "tls://10.0.0.5:8786"})),
             "needs TLS certificates", lambda: True)  # fmt: skip

@@ -4,6 +4,6 @@ Prefect reads its settings (its home folder, telemetry) once, when `prefect` is 
 the project's defaults are set here, before any flow module imports it: the one place they are set.
 """
 
-from digits.edges.runner import set_prefect_defaults
+from digits.edges.prefect_server import set_prefect_defaults
 
 set_prefect_defaults()

@@ -25,9 +25,12 @@ from prefect.futures import wait
 
 from digits.config import Params, Recipe, SearchConfig
 from digits.data.arrays import prepared_checksum
-from digits.edges import registry, tracking
-from digits.edges.cli import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
-from digits.edges.runner import Placement, ProgressFeed, task_slots
+from digits.edges import registry
+from digits.edges.dask_runner import Placement, task_slots
+from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
+from digits.edges.process import owner_is_gone, process_tags
+from digits.edges.progress import ProgressFeed
+from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
 from digits.errors import DigitsError
 from digits.sweep import Fit, FoldEvent, SweepDriver, SweepOutcome, SweepStore, Trial, sweep_key
 from digits.sweep.packing import packing_enabled
@@ -121,12 +124,18 @@ class MlflowRecorder:
     """One child MLflow run per trial, under the sweep's run (`digits.sweep.Recorder`)."""
 
     def __init__(
-        self, experiment: str, tags: Mapping[str, Any], parent_run_id: str | None, folds: int
+        self,
+        store: TrackingStore,
+        experiment: str,
+        tags: Mapping[str, Any],
+        parent_run_id: str | None,
+        folds: int,
     ) -> None:
+        self.runs = store.runs
         self.experiment, self.tags, self.parent, self.folds = experiment, tags, parent_run_id, folds
 
     def create_trial_run(self, trial: Trial) -> str:
-        return tracking.create_run(
+        return self.runs.create_run(
             self.experiment,
             trial.name,
             params={**recipe_params(trial.recipe), "folds": self.folds},
@@ -137,15 +146,15 @@ class MlflowRecorder:
     def log_curve(self, run_id: str, prefix: str, history: list[dict[str, float]]) -> None:
         for row in history:
             metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
-            tracking.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
+            self.runs.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
 
     def log_trial_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        tracking.log_run_metrics(run_id, dict(metrics), step=step)
+        self.runs.log_run_metrics(run_id, dict(metrics), step=step)
 
     def end_trial_run(
         self, run_id: str, status: Literal["FINISHED", "FAILED"], tags: Mapping[str, Any]
     ) -> None:
-        tracking.end_run(run_id, status, dict(tags))
+        self.runs.end_run(run_id, status, dict(tags))
 
 
 class Engine:
@@ -166,12 +175,12 @@ class Engine:
         self.params, self.experiment, self.data = params, experiment, data
         self.placement = placement
         self.logger = get_run_logger()
-        tracking.configure(params.tracking)
+        self.tracking = open_tracking_store(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
         context = FlowRunContext.get()
         runner = context.task_runner if context else None
         flow_tags = flow_run_tags()
-        self.flow_run_id = flow_tags[tracking.PREFECT_FLOW_RUN_TAG]
+        self.flow_run_id = flow_tags[PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
         self.slots = task_slots(placement, runner)
         self.retries = {
@@ -190,7 +199,7 @@ class Engine:
         self.logger.info("placement: %s; %d task(s) at once", placement.describe(), self.slots)
         self._stores: list[SweepStore] = []
         reclaim_sigterm()
-        ended = tracking.end_orphaned_runs(experiment)
+        ended = self.tracking.runs.end_orphaned_runs(experiment)
         if ended:
             self.logger.warning(
                 "%d run(s) left RUNNING by a process that no longer exists ended as KILLED",
@@ -203,11 +212,13 @@ class Engine:
         """Record the data set in the active run, as MLflow's dataset input."""
         name = f"{self.data.dataset}{' (synthetic)' if self.data.is_synthetic() else ''}"
         source = Path(self.data.root) / "prepared" / self.data.dataset
-        tracking.log_dataset(name, self.checksum, source, context, self.data.test_examples())
+        self.tracking.runs.log_dataset(
+            name, self.checksum, source, context, self.data.test_examples()
+        )
 
     def _record_epochs(self) -> None:
         for message in self.feed.drain():
-            tracking.log_run_metrics(
+            self.tracking.runs.log_run_metrics(
                 message["run_id"],
                 message["metrics"],
                 step=message["step"],
@@ -219,7 +230,7 @@ class Engine:
         """Block until at least one future is done, recording epochs as they arrive.
 
         The place where a Ctrl-C or SIGTERM received meanwhile is raised (see
-        `digits.edges.cli.deferred_interrupts`).
+        `digits.edges.interrupts.deferred_interrupts`).
         """
         while True:
             done = wait(futures, timeout=0.5).done
@@ -241,7 +252,8 @@ class Engine:
             DiskFull: a fit found the disk full.
         """
         packing = packing_enabled(self.params.compute.packing, self.placement.kind)
-        recorder = MlflowRecorder(self.experiment, self.tags, tracking.active_run_id(), folds)
+        parent = self.tracking.runs.active_run_id()
+        recorder = MlflowRecorder(self.tracking, self.experiment, self.tags, parent, folds)
         store = self.sweep_store(search, base, folds, packing)
         driver = SweepDriver.for_search(
             search,
@@ -274,7 +286,7 @@ class Engine:
             packing=packing,
         )
         store = SweepStore(self.params.compute.checkpoint_dir, key)
-        store.claim(tracking.process_tags(), tracking.owner_is_gone)
+        store.claim(process_tags(), owner_is_gone)
         self._stores.append(store)
         return store
 
@@ -284,12 +296,12 @@ class Engine:
         self, recipe: Recipe, run_name: str, params: Mapping[str, Any] | None = None
     ) -> tuple[Any, str]:
         """Submit the final fit of `recipe`; returns (future, run id of its RUNNING MLflow run)."""
-        run_id = tracking.create_run(
+        run_id = self.tracking.runs.create_run(
             self.experiment,
             run_name,
             params={**recipe_params(recipe), **(params or {})},
             tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
-            parent_run_id=tracking.active_run_id(),
+            parent_run_id=self.tracking.runs.active_run_id(),
         )
         final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
         future = final_task.submit(
@@ -319,7 +331,7 @@ class Engine:
     def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:
         """The test scores and the rest of a final fit, into its run."""
         metrics = result.metrics
-        tracking.log_run_metrics(
+        self.tracking.runs.log_run_metrics(
             run_id,
             {
                 "accuracy": metrics.accuracy,
@@ -349,10 +361,10 @@ class Engine:
         """
         example = self.data.test_examples()
         test_set = self.data.test_set(self.checksum)
-        version = tracking.register_model_in_run(
+        version = self.tracking.models.register_model_in_run(
             run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
         )
-        decision = registry.promote_if_better(name, version)
+        decision = registry.promote_if_better(self.tracking, name, version)
         self.logger.info("%s v%s: %s", name, version, decision.reason)
         return version, decision.promoted
 
@@ -361,7 +373,7 @@ class Engine:
         Prefect artifact, drop what only a resume would need."""
         self._record_epochs()
         self.feed.close()
-        link_mlflow_records(f"{self.experiment} ({self.params.profile})")
+        link_mlflow_records(self.tracking, f"{self.experiment} ({self.params.profile})")
         for store in self._stores:
             store.clear()
 

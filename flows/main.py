@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digits.errors import DiskFull, TrainingDiverged
+
+if TYPE_CHECKING:
+    from digits.edges.tracking import TrackingStore
 
 
 def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
@@ -44,12 +47,12 @@ def flow_run_tags() -> dict[str, str]:
     that outlives the run, such as `make prefect-ui`'s)."""
     from prefect.context import FlowRunContext
 
-    from digits.edges import tracking
-    from digits.edges.runner import prefect_ui_url
+    from digits.edges.prefect_server import prefect_ui_url
+    from digits.edges.tracking import PREFECT_FLOW_RUN_TAG
 
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
-    tags = {tracking.PREFECT_FLOW_RUN_TAG: flow_run_id}
+    tags = {PREFECT_FLOW_RUN_TAG: flow_run_id}
     url = prefect_ui_url(flow_run_id)
     if url:
         tags["prefect_flow_run_url"] = url
@@ -57,15 +60,14 @@ def flow_run_tags() -> dict[str, str]:
 
 
 def _metric_cells(record: Any) -> str:
-    from digits.edges import tracking
+    from digits.edges.tracking import LISTED_METRICS
 
     return " | ".join(
-        f"{record.metrics[key]:.4f}" if key in record.metrics else ""
-        for key in tracking.LISTED_METRICS
+        f"{record.metrics[key]:.4f}" if key in record.metrics else "" for key in LISTED_METRICS
     )
 
 
-def link_mlflow_records(title: str) -> str | None:
+def link_mlflow_records(store: TrackingStore, title: str) -> str | None:
     """Give the current flow run a markdown artifact linking to its MLflow runs and versions.
 
     Lists every run and registered model version tagged with this flow run's id, each a link to
@@ -73,18 +75,18 @@ def link_mlflow_records(title: str) -> str | None:
     """
     from prefect.artifacts import create_markdown_artifact
 
-    from digits.edges import tracking
+    from digits.edges.tracking import LISTED_METRICS, PREFECT_FLOW_RUN_TAG
 
-    flow_run_id = flow_run_tags()[tracking.PREFECT_FLOW_RUN_TAG]
+    flow_run_id = flow_run_tags()[PREFECT_FLOW_RUN_TAG]
     if not flow_run_id:
         return None
-    runs, versions = tracking.records_of_flow_run(flow_run_id)
-    header = " | ".join(tracking.LISTED_METRICS)
-    rule = " | ".join("---" for _ in tracking.LISTED_METRICS)
+    runs, versions = store.links.records_of_flow_run(flow_run_id)
+    header = " | ".join(LISTED_METRICS)
+    rule = " | ".join("---" for _ in LISTED_METRICS)
     lines = [
         f"# {title}: MLflow",
         "",
-        f"In the MLflow UI at {tracking.ui_url()} (`make ui`).",
+        f"In the MLflow UI at {store.ui_url} (`make ui`).",
         "",
         "## Runs",
         "",
@@ -127,12 +129,14 @@ def main(
             extra options.
         description: The flow's one-line description, for --help.
         max_tasks: Given the params and the extra options, the most tasks the flow runs at once
-            (None: as many as there are workers); see `digits.edges.runner.plan_placement`.
+            (None: as many as there are workers); see `digits.edges.dask_runner.plan_placement`.
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
-    from digits.edges.cli import handle_interrupts, run_or_exit
-    from digits.edges.runner import plan_placement, shared_prefect_api, task_runner
+    from digits.edges.cli import run_or_exit
+    from digits.edges.dask_runner import plan_placement, task_runner
+    from digits.edges.interrupts import handle_interrupts
+    from digits.edges.prefect_server import shared_prefect_api
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")

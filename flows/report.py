@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from digits.config import Params, load_params
-from digits.edges import tracking
 from digits.edges.cli import run_or_exit
+from digits.edges.tracking import open_tracking_store
 from digits.errors import DigitsError
 from digits.files import write_text_atomic
 from digits.reports.study import RunLink, StudyFiles, read_study, study_html, study_markdown
@@ -27,7 +27,7 @@ MLFLOW_UI = "http://127.0.0.1:5000"
 def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, RunLink], str]:
     """The MLflow run of each result, and one sentence on where they were looked up."""
     try:
-        uri = tracking.open_store(params.tracking)
+        store = open_tracking_store(params.tracking, mode="read")
     except DigitsError as error:
         return {}, f"MLflow runs are not named: {error}."
 
@@ -37,17 +37,17 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
 
     links: dict[str, RunLink] = {}
     if files.theory is not None:
-        found = tracking.latest_run("theory", {"profile": params.profile})
+        found = store.runs.latest_run("theory", {"profile": params.profile})
         if found:
             links["theory"] = link(*found)
     if files.mnist is not None:
         tags = {"profile": params.profile, "stage": "final"}
         if files.mnist.get("data_checksum"):
             tags["data_checksum"] = str(files.mnist["data_checksum"])
-        found = tracking.latest_run("mnist", tags)
+        found = store.runs.latest_run("mnist", tags)
         if found:
             links["mnist_final"] = link(*found)
-            parent = tracking.parent_run_id(found[0])
+            parent = store.runs.parent_run_id(found[0])
             if parent:
                 links["mnist_sweep"] = link(parent, found[1])
     zoo_ids = [
@@ -56,11 +56,11 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
         if table is not None and "run_id" in table
         for run_id in table["run_id"].dropna()
     ]
-    for run_id, experiment_id in tracking.run_experiments(zoo_ids).items():
+    for run_id, experiment_id in store.runs.run_experiments(zoo_ids).items():
         links[run_id] = link(run_id, experiment_id)
     return links, (
-        f"Runs were looked up in {uri}; a result whose run is not there came with the checkout "
-        "or from another store (`dvc repro` of its stage records one)."
+        f"Runs were looked up in {store.uri}; a result whose run is not there came with the "
+        "checkout or from another store (`dvc repro` of its stage records one)."
     )
 
 

@@ -32,7 +32,8 @@ from digits.data.arrays import (
     load_split,
     read_manifest,
 )
-from digits.edges.runner import configure_worker_threads, publish_progress
+from digits.edges.dask_runner import configure_worker_threads
+from digits.edges.progress import publish_progress
 from digits.errors import TrainingDiverged
 from digits.training.loop import EpochStats, select_device
 from digits.training.packed import PackedFit, StopTrial, evaluate_folds_packed

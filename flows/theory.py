@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from digits.config import Params, TheoryConfig
-from digits.edges import tracking
-from digits.edges.runner import Placement
+from digits.edges.dask_runner import Placement
+from digits.edges.tracking import open_tracking_store
 from digits.reports.theory import flat_metrics, results_summary, write_report
 from digits.studies.convexity import TheoryResults, run_theory
 from flows.main import (
@@ -58,7 +58,7 @@ def theory_flow(
     from digits.data.arrays import prepared_checksum
 
     logger = get_run_logger()
-    tracking.configure(params.tracking)
+    store = open_tracking_store(params.tracking)
     measure = measure_convexity.with_options(
         retries=params.compute.task_retries, retry_delay_seconds=params.compute.retry_delay_s
     )
@@ -69,16 +69,16 @@ def theory_flow(
         **flow_run_tags(),
     }
     run_params: dict[str, Any] = {"seed": params.seed, **params.theory.model_dump()}
-    with tracking.start_run(
+    with store.runs.start_run(
         EXPERIMENT, f"convexity-{params.profile}", params=run_params, tags=tags
     ):
         started = time.perf_counter()
         results = measure(params.data.root, params.theory, params.seed)
         seconds = time.perf_counter() - started
         paths = write_report(results, Path(report_dir))
-        tracking.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
-        tracking.log_artifacts(Path(report_dir))
-    link_mlflow_records(f"theory ({params.profile})")
+        store.runs.log_metrics({**flat_metrics(results), "theory_seconds": seconds})
+        store.runs.log_artifacts(Path(report_dir))
+    link_mlflow_records(store, f"theory ({params.profile})")
     verdicts = results_summary(results)["verdicts"]
     for question, verdict in verdicts.items():
         logger.info("%s: %s is convex in the weights", question, verdict["answer"])

@@ -19,8 +19,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from digits.config import Params, Recipe, ZooConfig
-from digits.edges import tracking
-from digits.edges.runner import Placement
+from digits.edges.dask_runner import Placement
 from digits.errors import DigitsError
 from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
@@ -48,7 +47,9 @@ def _record_model(
 ) -> ZooRow:
     """A model's final fit into its run, registered (promoted when better); its table row."""
     engine.record_final(run_id, result, {"epochs": recipe.optim.epochs})
-    tracking.log_dict(result.metrics.report, "classification_report.json", run_id=run_id)
+    engine.tracking.runs.log_dict(
+        result.metrics.report, "classification_report.json", run_id=run_id
+    )
     name = f"{zoo.registered_model_prefix}-{dataset}-{label}"
     version, promoted = engine.register(
         run_id,
@@ -110,14 +111,14 @@ def train_zoo(
     out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
     run_name = f"zoo-{dataset}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracking.start_run(
+    with engine.tracking.runs.start_run(
         experiment, run_name, params={"models": ",".join(labels)}, tags=engine.tags
     ):
         engine.log_dataset("train")
         if search:
             outcome = engine.sweep(zoo.search_for(search), recipes[search], zoo.folds)
             recipes[search] = outcome.best.recipe
-            tracking.log_metrics({f"{search}_cv_accuracy": outcome.best.mean_score()})
+            engine.tracking.runs.log_metrics({f"{search}_cv_accuracy": outcome.best.mean_score()})
         submitted = {
             label: engine.start_final(recipe, label, params={"label": label})
             for label, recipe in recipes.items()
@@ -128,7 +129,7 @@ def train_zoo(
         for (label, (_, run_id)), result in zip(submitted.items(), results, strict=True):
             if isinstance(result, BaseException):
                 failures[label] = f"{type(result).__name__}: {result}"
-                tracking.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
+                engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
                 engine.logger.warning("%s failed: %s", label, failures[label])
                 continue
             rows.append(_record_model(engine, zoo, dataset, label, recipes[label], run_id, result))
@@ -140,14 +141,14 @@ def train_zoo(
             out_dir, dataset, rows, confusions, histories, synthetic, params.profile
         )
         table = comparison_table(rows)
-        tracking.log_table(table, "comparison.json")
+        engine.tracking.runs.log_table(table, "comparison.json")
         create_table_artifact(
             table=table.round(5).to_dict(orient="records"),
             key=f"zoo-{dataset}",
             description=f"Classifier zoo on {dataset}{' (synthetic)' if synthetic else ''}",
         )
         for path in paths.values():
-            tracking.log_artifact(path, artifact_path="report")
+            engine.tracking.runs.log_artifact(path, artifact_path="report")
     engine.close()
     return {
         "dataset": dataset,

@@ -15,8 +15,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from digits.config import Params
-from digits.edges import tracking
-from digits.edges.runner import Placement
+from digits.edges.dask_runner import Placement
 from digits.reports.mnist import tuning_table, write_mnist_report
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
 from digits.sweep import SweepOutcome
@@ -28,16 +27,16 @@ REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
 
 
-def _record_sweep(outcome: SweepOutcome, profile: str) -> pd.DataFrame:
+def _record_sweep(engine: Engine, outcome: SweepOutcome, profile: str) -> pd.DataFrame:
     """Table 1 and the sweep's timings, into the sweep's run and a Prefect artifact."""
     table = tuning_table(table1_rows(outcome.trials))
-    tracking.log_table(table, "table1.json")
+    engine.tracking.runs.log_table(table, "table1.json")
     create_table_artifact(
         table=table.round(5).to_dict(orient="records"),
         key="table-1",
         description=f"Table 1: mean CV accuracy per cell ({profile} profile)",
     )
-    tracking.log_metrics(
+    engine.tracking.runs.log_metrics(
         {
             "cv_accuracy": outcome.best.mean_score(),
             "startup_seconds": outcome.startup_seconds,
@@ -57,7 +56,7 @@ def tune_mnist(
 
     Args:
         params: The study's parameters.
-        placement: Where the tasks run (`digits.edges.runner.plan_placement`).
+        placement: Where the tasks run (`digits.edges.dask_runner.plan_placement`).
         report_dir: Where reports/mnist's files are written.
     """
     study = params.mnist
@@ -67,16 +66,18 @@ def tune_mnist(
     started = time.perf_counter()
     sweep_name = f"sweep-{strategy}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_params = {"strategy": strategy, "folds": study.folds, "seed": params.seed}
-    with tracking.start_run(EXPERIMENT, sweep_name, params=sweep_params, tags=engine.tags):
+    with engine.tracking.runs.start_run(
+        EXPERIMENT, sweep_name, params=sweep_params, tags=engine.tags
+    ):
         engine.log_dataset("train")
         outcome = engine.sweep(study.search, study.recipe, study.folds)
         best = outcome.best
-        table = _record_sweep(outcome, params.profile)
+        table = _record_sweep(engine, outcome, params.profile)
 
         future, run_id = engine.start_final(best.recipe, f"final-{cell_name(best.recipe)}")
         (final,) = engine.wait_final([future])
         if isinstance(final, BaseException):
-            tracking.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
+            engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
             raise final
         engine.record_final(run_id, final, {"cv_accuracy": best.mean_score()})
         summary = {
@@ -98,9 +99,11 @@ def tune_mnist(
         paths = write_mnist_report(
             Path(report_dir), table, best_summary, final.metrics, final.history, summary
         )
-        tracking.log_dict(final.metrics.report, "classification_report.json", run_id=run_id)
+        engine.tracking.runs.log_dict(
+            final.metrics.report, "classification_report.json", run_id=run_id
+        )
         for key in ("tuning", "metrics", "confusion", "comparison", "curves"):
-            tracking.log_artifact(paths[key], artifact_path="report", run_id=run_id)
+            engine.tracking.runs.log_artifact(paths[key], artifact_path="report", run_id=run_id)
         version, promoted = engine.register(
             run_id,
             final,

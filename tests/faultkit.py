@@ -20,6 +20,7 @@ import yaml
 from digits.config import DataConfig
 from digits.data import prepare, sources, synthetic
 from digits.data.sources import RawFile, content_md5
+from digits.edges.process import children, children_with_commands, kill, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -117,13 +118,10 @@ def kill_group(process: subprocess.Popen[str]) -> list[Any]:
     The temporary Prefect server runs in a session of its own (out of reach of a terminal's
     Ctrl-C); the kernel ends it when the flow dies.
     """
-    import psutil
-
-    children = psutil.Process(process.pid).children(recursive=True)
+    started = children(process.pid)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
-    _, alive = psutil.wait_procs(children, timeout=15)
-    return list(alive)
+    return wait_gone(started, timeout=15)
 
 
 def run_states(workdir: Path) -> dict[str, str]:
@@ -150,13 +148,15 @@ def training_now(workdir: Path) -> bool:
 
 
 def dask_workers(process: subprocess.Popen[str]) -> list[Any]:
-    """The flow's Dask worker processes (spawned by the nannies in the flow's process)."""
-    import psutil
+    """The flow's Dask worker processes (spawned by the nannies in the flow's process).
 
+    A worker that ends while it is being looked at (a zombie until its nanny reaps it) is left
+    out, as is any child that vanishes meanwhile.
+    """
     return [
-        child
-        for child in psutil.Process(process.pid).children(recursive=True)
-        if any("spawn_main" in part for part in child.cmdline())
+        child.process
+        for child in children_with_commands(process.pid)
+        if any("spawn_main" in part for part in child.cmdline)
     ]
 
 
@@ -167,8 +167,7 @@ def kill_a_worker_mid_task(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         workers = dask_workers(process)
-        if training_now(workdir) and len(workers) > 1:
-            workers[0].kill()
+        if training_now(workdir) and len(workers) > 1 and kill(workers[0]):
             return int(workers[0].pid)
         if process.poll() is not None:
             raise AssertionError(f"the flow ended first (rc {process.returncode})")

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -20,7 +20,8 @@ import torch
 
 from digits.config import MIRRORS_ENV, DataConfig, TrackingConfig
 from digits.data import prepare, sources
-from digits.edges import cli, tracking
+from digits.edges import cli
+from digits.edges.tracking import open_tracking_store
 from digits.errors import DigitsError, DiskFull
 from digits.files import write_atomic
 from digits.training import checkpoint
@@ -185,8 +186,8 @@ def test_a_full_disk_during_an_atomic_write_keeps_the_old_file(tmp_path: Path, m
 
 def test_a_full_disk_under_the_tracking_store_is_one_line(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))
-    run_id = tracking.create_run("unit", "run")
+    store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+    run_id = store.runs.create_run("unit", "run")
     import mlflow
 
     def full(*args: Any, **kwargs: Any) -> None:
@@ -197,40 +198,65 @@ def test_a_full_disk_under_the_tracking_store_is_one_line(tmp_path: Path, monkey
 
     monkeypatch.setattr(mlflow.tracking.MlflowClient, "log_batch", full)
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_or_exit(lambda: tracking.log_run_metrics(run_id, {"accuracy": 0.5}))
+        cli.run_or_exit(lambda: store.runs.log_run_metrics(run_id, {"accuracy": 0.5}))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("digits: error: no space left on the device for the tracking database")
     assert err.count("\n") == 1
-    tracking.end_run(run_id)
+    store.runs.end_run(run_id)
 
 
 # ------------------------------------------------------------------------------ tracking store
 
 
 @pytest.mark.parametrize(
-    ("uri", "expected"),
+    ("mode", "uri", "expected"),
     [
-        ("sqlte:///mlruns/mlflow.db", "unknown MLflow store scheme 'sqlte'"),
-        ("sqlite:/mlruns/mlflow.db", "a SQLite store is written sqlite:///"),
-        ("sqlite:///{tmp}/no-such-folder/mlflow.db", "no-such-folder does not exist"),
+        ("record", "sqlte:///mlruns/mlflow.db", "unknown MLflow store scheme 'sqlte'"),
+        ("record", "sqlite:/mlruns/mlflow.db", "a SQLite store is written sqlite:///"),
+        ("record", "sqlite:///{tmp}/no-such-folder/mlflow.db", "no-such-folder does not exist"),
+        # Commands that only read open the store by the same rule, and never create one.
+        ("read", "sqlte:///mlruns/mlflow.db", "unknown MLflow store scheme 'sqlte'"),
+        ("read", "sqlite:/mlruns/mlflow.db", "a SQLite store is written sqlite:///"),
+        ("read", "sqlite:///{tmp}/no-such-folder/mlflow.db", "no MLflow store at"),
+        ("read", "sqlite:///{tmp}/mlflow.db", "no MLflow store at"),
+        ("read", "file://{tmp}/no-such-folder", "no MLflow store at"),
     ],
 )
 def test_a_mistyped_tracking_store_is_refused_not_created(
-    tmp_path: Path, monkeypatch, uri: str, expected: str
+    tmp_path: Path, monkeypatch, mode: Literal["record", "read"], uri: str, expected: str
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
     with pytest.raises(DigitsError, match=expected) as error:
-        tracking.configure(TrackingConfig())
+        open_tracking_store(TrackingConfig(), mode=mode)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "no-such-folder").exists()
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_the_project_store_from_params_is_created_on_first_use(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert tracking.configure(TrackingConfig()) == "sqlite:///mlruns/mlflow.db"
+    assert open_tracking_store(TrackingConfig()).uri == "sqlite:///mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
+
+
+def test_a_server_store_is_not_looked_for_on_disk_and_is_asked_when_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.chdir(tmp_path)
+    store = open_tracking_store(TrackingConfig())  # recording: the server places everything
+    assert not store.is_local and list(tmp_path.iterdir()) == []
+    with pytest.raises(DigitsError, match=f"cannot read the MLflow store http://127.0.0.1:{port}"):
+        open_tracking_store(TrackingConfig(), mode="read")
 
 
 def test_promote_against_a_missing_store_is_one_line(tmp_path: Path, monkeypatch, capsys):

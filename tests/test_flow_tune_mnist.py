@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def prefect_api() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    from digits.edges.runner import shared_prefect_api
+    from digits.edges.prefect_server import shared_prefect_api
 
     with prefect_test_harness(server_startup_timeout=120), shared_prefect_api():
         yield
@@ -64,7 +64,7 @@ def tiny_study(
 def _planned(params_path: Path) -> tuple[Any, Any]:
     """The params and placement `flows.main.main` hands a flow."""
     from digits.config import load_params
-    from digits.edges.runner import plan_placement
+    from digits.edges.dask_runner import plan_placement
 
     params = load_params(params_path)
     return params, plan_placement(params.compute)
@@ -101,8 +101,8 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     from flows.tune_mnist import tune_mnist
 
     from digits.config import load_params
-    from digits.edges import tracking
-    from digits.edges.runner import task_runner
+    from digits.edges.dask_runner import task_runner
+    from digits.edges.tracking import CHAMPION_ALIAS
 
     params, placement = _planned(tiny_study)
     runner = task_runner(params.compute, placement)
@@ -131,7 +131,7 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
         "mnist", load_params(tiny_study).data.root
     )
     assert (tmp_path / "report" / "tuning.csv").read_text().count("\n") == 5
-    assert tracking.CHAMPION_ALIAS in MlflowClient().get_registered_model("tiny-mlp").aliases
+    assert CHAMPION_ALIAS in MlflowClient().get_registered_model("tiny-mlp").aliases
     # Links both ways: every run and the version carry the flow run's id, and the flow run has
     # an artifact linking to each of them in the MLflow UI.
     flow_run_id = version.tags["prefect_flow_run_id"]

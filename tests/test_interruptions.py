@@ -10,9 +10,10 @@ import re
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 from tests import faultkit
+
+from digits.edges.process import children, command_line, wait_gone
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -35,15 +36,15 @@ def test_sigterm_then_sigkill_then_rerun_resumes_to_the_uninterrupted_result(
     # 1. SIGTERM to the flow's process alone, once a fold has finished.
     flow = faultkit.start_flow(tmp_path)
     faultkit.wait_for_folds(flow, tmp_path, more_than=0)
-    children = psutil.Process(flow.pid).children(recursive=True)
-    assert children  # the temporary Prefect server and the Dask cluster
+    started = children(flow.pid)
+    assert started  # the temporary Prefect server and the Dask cluster
     flow.send_signal(signal.SIGTERM)
     code, output = faultkit.finish(flow, timeout=120)
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert output.strip().splitlines()[-1].startswith("digits: error: interrupted (SIGTERM)")
     assert "Traceback" not in output
-    _, alive = psutil.wait_procs(children, timeout=15)
-    assert not alive, [p.cmdline() for p in alive]  # no orphaned server or worker
+    alive = wait_gone(started, timeout=15)
+    assert not alive, [command_line(p) for p in alive]  # no orphaned server or worker
     states = faultkit.run_states(tmp_path)
     assert "RUNNING" not in states.values() and "FAILED" not in states.values(), states
     sweep = [s for name, s in states.items() if name.startswith("sweep-")]

@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from digits.config import TrackingConfig
-from digits.edges import registry, tracking
+from digits.edges import registry
 from digits.edges.cli import main
+from digits.edges.tracking import TrackingStore, open_tracking_store
 from digits.errors import DigitsError
 from digits.images import PictureFormat, image_files, picture_format, read_image
 from digits.models import build_classifier
@@ -53,22 +54,23 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch
     model = build_classifier("mlp", {"width": 8}, SHAPE, seed=0, train_images=images)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        tracking.configure(TrackingConfig(artifact_root=root / "artifacts"))
-        run_id = tracking.create_run("unit", "final")
-        tracking.log_run_metrics(run_id, {"accuracy": 0.5})
+        opened = open_tracking_store(TrackingConfig(artifact_root=root / "artifacts"))
+        run_id = opened.runs.create_run("unit", "final")
+        opened.runs.log_run_metrics(run_id, {"accuracy": 0.5})
         tags = {"profile": "full", "test_set": "synthetic"}
-        version = tracking.register_model_in_run(run_id, model, "tiny", images[:4], tags)
-        assert registry.promote_if_better("tiny", version).promoted
+        version = opened.models.register_model_in_run(run_id, model, "tiny", images[:4], tags)
+        assert registry.promote_if_better(opened, "tiny", version).promoted
         yield model, uri
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
 
 
 @pytest.fixture
-def store(registered: tuple[torch.nn.Module, str], monkeypatch: pytest.MonkeyPatch) -> str:
+def store(
+    registered: tuple[torch.nn.Module, str], monkeypatch: pytest.MonkeyPatch
+) -> TrackingStore:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered[1])
-    tracking.configure(TrackingConfig())
-    return registered[1]
+    return open_tracking_store(TrackingConfig())
 
 
 def _forbid_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,11 +126,11 @@ def test_a_pretrained_model_loads_offline_from_its_own_weights(
 
 
 def test_registered_model_loads_without_pickle(
-    store: str, registered: tuple[torch.nn.Module, str], monkeypatch: pytest.MonkeyPatch
+    store: TrackingStore, registered: tuple[torch.nn.Module, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = _mnist_like(5, seed=9)
     _forbid_pickle(monkeypatch)
-    served, folder = tracking.load_model("tiny", "@champion")
+    served, folder = store.models.load_model("tiny", "@champion")
     assert (folder / "artifacts" / "weights.safetensors").is_file()
     table = served.predict(images)
     expected = _probabilities(registered[0], images)
@@ -195,7 +197,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]
 
 
 def test_cli_predict_prints_digit_and_probability_per_image(
-    store: str,
+    store: TrackingStore,
     registered: tuple[torch.nn.Module, str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -228,7 +230,7 @@ def test_cli_predict_prints_digit_and_probability_per_image(
     ],
 )
 def test_cli_predict_bad_model_is_one_line(
-    store: str,
+    store: TrackingStore,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     reference: str,

@@ -59,7 +59,7 @@ def other_service_port() -> Iterator[int]:
 def test_probe_finds_a_server_on_the_documented_port(healthy_port: int) -> None:
     from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
 
-    from digits.edges.runner import local_prefect_server
+    from digits.edges.prefect_server import local_prefect_server
 
     with temporary_settings({PREFECT_SERVER_API_PORT: healthy_port}):
         assert local_prefect_server() == f"http://127.0.0.1:{healthy_port}/api"
@@ -68,7 +68,7 @@ def test_probe_finds_a_server_on_the_documented_port(healthy_port: int) -> None:
 def test_probe_ignores_a_closed_port_and_other_services(other_service_port: int) -> None:
     from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
 
-    from digits.edges.runner import local_prefect_server
+    from digits.edges.prefect_server import local_prefect_server
 
     with temporary_settings({PREFECT_SERVER_API_PORT: free_port()}):
         assert local_prefect_server() is None
@@ -78,13 +78,16 @@ def test_probe_ignores_a_closed_port_and_other_services(other_service_port: int)
 
 FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
     """
-    from digits.edges.runner import set_prefect_defaults
+    from digits.edges.prefect_server import set_prefect_defaults
 
     set_prefect_defaults()
 
     from prefect import flow
 
-    from digits.edges.runner import shared_prefect_api
+    import os
+
+    from digits.edges.prefect_server import prefect_ui_url, shared_prefect_api
+    from digits.edges.process import children_with_commands
 
     @flow(name="runs-without-a-server")
     def probe() -> int:
@@ -92,6 +95,9 @@ FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
 
     with shared_prefect_api() as api:
         print("API", api)
+        servers = [c for c in children_with_commands(os.getpid()) if "uvicorn" in c.cmdline]
+        print("SERVERS APART", [os.getsid(c.pid) == c.pid for c in servers])
+        print("LINK", prefect_ui_url("some-flow-run"))
         assert probe() == 1
     """
 )
@@ -124,6 +130,10 @@ def test_without_a_server_a_flow_runs_on_a_temporary_one_inside_the_project(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "API http://127.0.0.1:" in done.stdout
+    # The server is in a session of its own (a terminal's Ctrl-C does not stop it before the
+    # flow records the interruption), and no link points at it: it stops with the flow.
+    assert "SERVERS APART [True]" in done.stdout
+    assert "LINK None" in done.stdout
     assert not (home / ".prefect").exists()  # never the user's Prefect home
     database = project / ".prefect" / "temporary.db"
     with sqlite3.connect(database) as db:

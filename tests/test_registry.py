@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from digits.config import TrackingConfig
-from digits.edges import registry, tracking
+from digits.edges import registry
 from digits.edges.cli import main
-from digits.edges.tracking import VersionFacts
+from digits.edges.tracking import TrackingStore, VersionFacts, open_tracking_store
 from digits.errors import DigitsError
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -28,25 +28,24 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        tracking.configure(TrackingConfig(artifact_root=root / "artifacts"))
-        _version("h", 0.9, FULL)  # the model the command-line mistakes are made on
+        opened = open_tracking_store(TrackingConfig(artifact_root=root / "artifacts"))
+        _version(opened, "h", 0.9, FULL)  # the model the command-line mistakes are made on
     yield uri
 
 
 @pytest.fixture
-def store(shared_store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def store(shared_store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackingStore]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
-    tracking.configure(TrackingConfig())
-    yield shared_store
+    yield open_tracking_store(TrackingConfig())
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
 
 
-def _version(name: str, accuracy: float, tags: dict[str, str]) -> str:
+def _version(store: TrackingStore, name: str, accuracy: float, tags: dict[str, str]) -> str:
     """A registered version whose run scored `accuracy` (no model files: promotion reads none)."""
-    run_id = tracking.create_run("unit", f"{name}-{accuracy}")
-    tracking.log_run_metrics(run_id, {"accuracy": accuracy})
-    tracking.end_run(run_id)
+    run_id = store.runs.create_run("unit", f"{name}-{accuracy}")
+    store.runs.log_run_metrics(run_id, {"accuracy": accuracy})
+    store.runs.end_run(run_id)
     client = MlflowClient()
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
@@ -164,13 +163,13 @@ def test_untagged_versions_are_compared_with_nothing() -> None:
 # ------------------------------------------------------------------------------ the store
 
 
-def test_promote_best_records_reason_and_both_figures(store: str) -> None:
-    _version("m", 0.97, FULL)
-    registry.promote_best("m", "accuracy")
+def test_promote_best_records_reason_and_both_figures(store: TrackingStore) -> None:
+    _version(store, "m", 0.97, FULL)
+    registry.promote_best(store, "m", "accuracy")
     assert _champion("m") == "1"
-    _version("m", 0.99, QUICK)
-    third = _version("m", 0.98, FULL)
-    decision = registry.promote_best("m", "accuracy")
+    _version(store, "m", 0.99, QUICK)
+    third = _version(store, "m", 0.98, FULL)
+    decision = registry.promote_best(store, "m", "accuracy")
     assert decision.promoted and _champion("m") == third
     tags = MlflowClient().get_model_version("m", third).tags
     assert float(tags["promotion_value"]) == 0.98
@@ -180,24 +179,24 @@ def test_promote_best_records_reason_and_both_figures(store: str) -> None:
     assert "same profile and test set" in tags["promotion_reason"]
 
 
-def test_engine_promotion_only_of_the_new_version(store: str) -> None:
-    first = _version("e", 0.98, FULL)
-    assert registry.promote_if_better("e", first).promoted
-    quick = _version("e", 0.999, QUICK)  # make quick after the full study
-    assert not registry.promote_if_better("e", quick).promoted
-    better = _version("e", 0.985, FULL)
-    assert registry.promote_if_better("e", better).promoted
+def test_engine_promotion_only_of_the_new_version(store: TrackingStore) -> None:
+    first = _version(store, "e", 0.98, FULL)
+    assert registry.promote_if_better(store, "e", first).promoted
+    quick = _version(store, "e", 0.999, QUICK)  # make quick after the full study
+    assert not registry.promote_if_better(store, "e", quick).promoted
+    better = _version(store, "e", 0.985, FULL)
+    assert registry.promote_if_better(store, "e", better).promoted
     assert _champion("e") == better
 
 
-def test_set_alias_by_hand_and_unknown_version(store: str) -> None:
-    _version("hand", 0.9, FULL)
-    registry.set_alias("hand", "1", "challenger")
+def test_set_alias_by_hand_and_unknown_version(store: TrackingStore) -> None:
+    _version(store, "hand", 0.9, FULL)
+    registry.set_alias(store, "hand", "1", "challenger")
     assert str(MlflowClient().get_model_version_by_alias("hand", "challenger").version) == "1"
     with pytest.raises(DigitsError, match="version '9' is not registered; known versions: 1"):
-        registry.set_alias("hand", "9")
+        registry.set_alias(store, "hand", "9")
     with pytest.raises(DigitsError, match="no registered model named 'nobody'"):
-        registry.set_alias("nobody", "1")
+        registry.set_alias(store, "nobody", "1")
 
 
 # ------------------------------------------------------------------------------ the command
@@ -217,16 +216,16 @@ def test_set_alias_by_hand_and_unknown_version(store: str) -> None:
     ],
 )
 def test_cli_promote_mistakes_are_one_line_and_exit_2(
-    store: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    store: TrackingStore, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     code, _, err = _cli(capsys, *argv)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("digits: error: ") and message in err[0], err
 
 
-def test_cli_promote_best_by(store: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _version("b", 0.97, FULL)
-    _version("b", 0.98, FULL)
+def test_cli_promote_best_by(store: TrackingStore, capsys: pytest.CaptureFixture[str]) -> None:
+    _version(store, "b", 0.97, FULL)
+    _version(store, "b", 0.98, FULL)
     code, out, _ = _cli(capsys, "promote", "b", "--best-by", "accuracy")
     assert code == 0 and _champion("b") == "2"
     assert out == [

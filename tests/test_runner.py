@@ -3,7 +3,7 @@
 import pytest
 
 from digits.config import ComputeConfig
-from digits.edges.runner import plan_placement, task_runner
+from digits.edges.dask_runner import plan_placement, task_runner
 from digits.errors import DigitsError
 
 
@@ -37,7 +37,7 @@ def test_cpu_runner_is_a_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_existing_cluster_runs_as_many_tasks_as_it_has_worker_threads() -> None:
     from distributed import LocalCluster
 
-    from digits.edges.runner import task_slots
+    from digits.edges.dask_runner import task_slots
 
     with LocalCluster(
         n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
@@ -50,7 +50,7 @@ def test_an_existing_cluster_runs_as_many_tasks_as_it_has_worker_threads() -> No
 def test_an_existing_cluster_without_workers_is_a_clear_error() -> None:
     from distributed import LocalCluster
 
-    from digits.edges.runner import task_slots
+    from digits.edges.dask_runner import task_slots
 
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         placement = plan_placement(ComputeConfig(dask_address=cluster.scheduler_address))
@@ -83,7 +83,7 @@ def test_fewer_tasks_than_workers_get_the_idle_workers_threads(
 def test_a_worker_takes_the_threads_its_placement_gave_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from digits.edges.runner import configure_worker_threads
+    from digits.edges.dask_runner import configure_worker_threads
 
     before = torch.get_num_threads()
     monkeypatch.setenv("DIGITS_WORKER_THREADS", "3")

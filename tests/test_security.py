@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 from distributed.security import Security
 
 from digits.config import ComputeConfig, DaskTLS
-from digits.edges.runner import LOOPBACK, dask_security, plain_tcp_warning, task_runner
+from digits.edges.dask_runner import LOOPBACK, dask_security, plain_tcp_warning, task_runner
 from digits.errors import DigitsError
 
 pytestmark = pytest.mark.faults

@@ -13,7 +13,7 @@ from flows.report import write_report
 from tests.test_zoo_report import ROWS
 
 from digits.config import TrackingConfig, load_params
-from digits.edges import tracking
+from digits.edges.tracking import open_tracking_store
 from digits.metrics import confusion_records
 from digits.reports.study import read_study, study_markdown
 from digits.reports.zoo import ORIGINAL_TABLE2, write_zoo_report
@@ -87,16 +87,16 @@ def test_report_names_each_result_with_its_mlflow_run(
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     params = load_params(REPO / "params.yaml")
-    tracking.configure(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+    store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
     checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
-    theory = tracking.create_run("theory", "convexity", tags={"profile": params.profile})
-    sweep = tracking.create_run("mnist", "sweep", tags={"profile": params.profile})
+    theory = store.runs.create_run("theory", "convexity", tags={"profile": params.profile})
+    sweep = store.runs.create_run("mnist", "sweep", tags={"profile": params.profile})
     final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
-    final = tracking.create_run("mnist", "final", tags=final_tags, parent_run_id=sweep)
-    other = tracking.create_run("mnist", "final", tags={**final_tags, "data_checksum": "x"})
-    zoo_run = tracking.create_run("zoo-svhn", "resnet101")
+    final = store.runs.create_run("mnist", "final", tags=final_tags, parent_run_id=sweep)
+    other = store.runs.create_run("mnist", "final", tags={**final_tags, "data_checksum": "x"})
+    zoo_run = store.runs.create_run("zoo-svhn", "resnet101")
     for run_id in (theory, sweep, final, other, zoo_run):
-        tracking.end_run(run_id)
+        store.runs.end_run(run_id)
     table = pd.read_csv(reports / "svhn" / "comparison.csv")
     table.loc[table["model"] == "resnet101", "run_id"] = zoo_run
     table.to_csv(reports / "svhn" / "comparison.csv", index=False)

@@ -12,82 +12,15 @@ import argparse
 import errno
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from digits.config import Params, load_params
+from digits.edges.interrupts import handle_interrupts
 from digits.errors import DigitsError
 
 T = TypeVar("T")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread, so that cleanup runs as for Ctrl-C."""
-
-    signal_number = signal.SIGTERM
-
-
-_pending: list[int] = []  # signals received inside `deferred_interrupts`, not yet raised
-_deferring = [0]
-
-
-def _interrupt(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    if _deferring[0] and not _pending:
-        _pending.append(signum)  # raised by `raise_if_interrupted` at the next safe point
-        return
-    raise _interrupt(signum)  # outside a deferring block, or a second signal: at once
-
-
-def handle_interrupts() -> None:
-    """Make Ctrl-C and SIGTERM unwind the program: `finally` blocks and context managers run.
-
-    Python's default for SIGTERM ends the process at once, which leaves MLflow runs RUNNING
-    and the temporary Prefect server listening. Call in the main thread (signals arrive there);
-    a flow calls it again inside (Prefect installs a SIGTERM handler of its own for the run).
-    """
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-
-
-def reclaim_sigterm() -> None:
-    """Inside a flow run: take SIGTERM back from Prefect's handler, when `handle_interrupts` ran.
-
-    Prefect's own handler raises wherever the main thread is; this one can wait for a safe point.
-    """
-    try:
-        if signal.getsignal(signal.SIGINT) is _on_signal:
-            signal.signal(signal.SIGTERM, _on_signal)
-    except ValueError:  # not the main thread: signals are not ours to handle here
-        pass
-
-
-@contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Inside, a first Ctrl-C or SIGTERM waits for `raise_if_interrupted` (a safe point).
-
-    An interruption raised in the middle of a library call (a task being serialised for Dask,
-    say) can be caught and wrapped by the library, and end as some other error. A loop that
-    calls `raise_if_interrupted` often (a sweep waiting on its tasks) raises it where it is safe.
-    Usable as a decorator.
-    """
-    _deferring[0] += 1
-    try:
-        yield
-    finally:
-        _deferring[0] -= 1
-    raise_if_interrupted()
-
-
-def raise_if_interrupted() -> None:
-    """Raise the interruption received inside `deferred_interrupts`, if any."""
-    if _pending:
-        raise _interrupt(_pending.pop())
 
 
 def run_or_exit(action: Callable[[], T]) -> T:
@@ -171,7 +104,8 @@ def _promote(
     best_by: str | None,
     lower_is_better: bool,
 ) -> None:
-    from digits.edges import registry, tracking
+    from digits.edges import registry
+    from digits.edges.tracking import open_tracking_store
 
     # Every name is checked before the store is opened: a typo is reported as a typo.
     registry.check_model_name(model)
@@ -180,27 +114,28 @@ def _promote(
         raise DigitsError("give either a VERSION or --best-by METRIC, not both or neither")
     if version is not None:
         registry.check_version(version)
-    tracking.open_store(params.tracking)
+    store = open_tracking_store(params.tracking, mode="read")
     if version is not None:
-        registry.set_alias(model, version, alias)
+        registry.set_alias(store, model, version, alias)
         print(f"{model}: alias {alias!r} now points at version {int(version)}")
         return
     assert best_by is not None
-    decision = registry.promote_best(model, best_by, alias, lower_is_better=lower_is_better)
+    decision = registry.promote_best(store, model, best_by, alias, lower_is_better=lower_is_better)
     verb = "promoted" if decision.promoted else "unchanged"
     print(f"{model}: {alias} {verb}: {decision.reason}")
 
 
 def _predict(params: Params, reference: str, paths: list[Path], invert: str) -> None:
-    from digits.edges import registry, tracking
+    from digits.edges import registry
+    from digits.edges.tracking import open_tracking_store
     from digits.images import image_files, read_images
     from digits.models.saved import SPEC_FILE, read_spec
 
     name, ref = registry.parse_reference(reference)
     files = [file for path in paths for file in image_files(path)]
-    tracking.open_store(params.tracking)
+    store = open_tracking_store(params.tracking, mode="read")
     try:
-        model, folder = tracking.load_model(name, ref)
+        model, folder = store.models.load_model(name, ref)
     except Exception as error:  # MLflow's errors for an unknown alias or version, a lost file
         raise DigitsError(f"cannot load model {name}{ref}: {str(error).splitlines()[0]}") from None
     _, fmt = read_spec(folder / "artifacts" / SPEC_FILE)

@@ -3,9 +3,10 @@
 MLflow logs this file itself (not a pickled object) as the model, with two artifacts: the weights
 as safetensors and the JSON spec of `digits.models.saved`. Loading the model runs this file, which
 rebuilds the network from the spec through the model registry and fills in the weights. This is
-the one file besides `tracking.py` that imports `mlflow`: MLflow's models-from-code contract is
-that the file calls `mlflow.models.set_model` when it is run, so it cannot be a function in
-`tracking.py`. For the same reason it does work when imported (one call); nothing else imports it.
+the one file besides the `tracking` package that imports `mlflow`: MLflow's models-from-code
+contract is that the file calls `mlflow.models.set_model` when it is run, so it cannot be a
+function in `tracking/models.py`. For the same reason it does work when imported (one call);
+nothing else imports it.
 
 Input: raw uint8 pixels (N, H, W, C) shaped like the training images (MNIST N×28×28×1).
 Output: a table with one row per image: `digit`, its `probability`, and `p0`…`p9`.

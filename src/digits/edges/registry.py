@@ -1,6 +1,7 @@
 """The model registry as users meet it: names, aliases, promotion, loading by alias.
 
-The MLflow calls are in `digits.edges.tracking`; this module holds the rules:
+The MLflow calls are in `digits.edges.tracking.models` (reached through the `TrackingStore`
+handed to each function); this module holds the rules:
 
 * names, versions and aliases are checked before MLflow sees them, so a mistake is one line
   (`latest` and `v3` are MLflow's own references, not aliases; a quote cannot be in a name);
@@ -18,8 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from digits.edges import tracking
-from digits.edges.tracking import CHAMPION_ALIAS, VersionFacts
+from digits.edges.tracking import CHAMPION_ALIAS, TrackingStore, VersionFacts
 from digits.errors import DigitsError
 
 FULL_PROFILE = "full"
@@ -94,8 +94,8 @@ def parse_reference(reference: str) -> tuple[str, str]:
     )
 
 
-def _versions(name: str) -> list[VersionFacts]:
-    versions = tracking.model_versions(check_model_name(name))
+def _versions(store: TrackingStore, name: str) -> list[VersionFacts]:
+    versions = store.models.model_versions(check_model_name(name))
     if not versions:
         raise DigitsError(f"no registered model named {name!r} in this store")
     return versions
@@ -105,7 +105,7 @@ def _by_alias(versions: list[VersionFacts], alias: str) -> VersionFacts | None:
     return next((v for v in versions if alias in v.aliases), None)
 
 
-def set_alias(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+def set_alias(store: TrackingStore, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
     """Point `alias` of model `name` at `version` by hand (`digits promote NAME VERSION`).
 
     Raises:
@@ -113,14 +113,14 @@ def set_alias(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
     """
     check_alias(alias)
     version = check_version(version)
-    versions = _versions(name)
+    versions = _versions(store, name)
     if version not in {v.version for v in versions}:
         known = ", ".join(v.version for v in versions)
         raise DigitsError(
             f"model {name!r} version {version!r} is not registered; known versions: {known}"
         )
-    tracking.set_alias(name, alias, version)
-    tracking.set_version_tags(
+    store.models.set_alias(name, alias, version)
+    store.models.set_version_tags(
         name,
         version,
         {"promotion_reason": f"alias {alias!r} set by hand", "promoted_at": _now()},
@@ -163,13 +163,16 @@ def _beats(candidate: float, incumbent: float, lower_is_better: bool) -> bool:
     return candidate < incumbent if lower_is_better else candidate > incumbent
 
 
+_Outcome = tuple[Decision, VersionFacts | None, VersionFacts | None]
+
+
 def decide(
     versions: list[VersionFacts],
     metric: str,
     alias: str = CHAMPION_ALIAS,
     candidates: list[str] | None = None,
     lower_is_better: bool = False,
-) -> tuple[Decision, VersionFacts | None, VersionFacts | None]:
+) -> _Outcome:
     """Which version should carry `alias`, by `metric`, comparing like with like (pure).
 
     The best of `candidates` (every version when None) that has `metric` and was scored like the
@@ -190,103 +193,100 @@ def decide(
         and _value(v, metric) is not None
         and comparable_key(v) is not None
     ]
-    sign = 1.0 if lower_is_better else -1.0
-
-    def best_of(group: list[VersionFacts]) -> VersionFacts | None:
-        # Ties go to the older version: a re-run with the same score does not move the alias.
-        return min(
-            group, key=lambda v: (sign * (_value(v, metric) or 0.0), int(v.version)), default=None
-        )
-
+    best = _Best(metric, lower_is_better)
     if holder is None:
-        full = [v for v in pool if v.tags.get("profile") == FULL_PROFILE]
-        if not full and pool:
-            newest = max(pool, key=lambda v: int(v.version))
-            full = [v for v in pool if comparable_key(v) == comparable_key(newest)]
-        chosen = best_of(full)
-        if chosen is None:
-            return (
-                Decision(False, None, f"no version has {metric!r} with profile and test_set tags"),
-                None,
-                None,
-            )
-        return (
-            Decision(
-                True,
-                chosen.version,
-                f"no {alias}: version {chosen.version} has the best {metric} "
-                f"({_value(chosen, metric):.6g}) of its profile and test set",
-            ),
-            chosen,
-            None,
+        return _decide_without_holder(pool, best, alias)
+    return _decide_against_holder(holder, pool, best, alias)
+
+
+@dataclass(frozen=True)
+class _Best:
+    """The best of a group of versions by one metric."""
+
+    metric: str
+    lower_is_better: bool
+
+    def of(self, group: list[VersionFacts]) -> VersionFacts | None:
+        # Ties go to the older version: a re-run with the same score does not move the alias.
+        sign = 1.0 if self.lower_is_better else -1.0
+        return min(
+            group,
+            key=lambda v: (sign * (_value(v, self.metric) or 0.0), int(v.version)),
+            default=None,
         )
 
-    key = comparable_key(holder)
-    held = _value(holder, metric)
-    if key is None or held is None:
+
+def _decide_without_holder(pool: list[VersionFacts], best: _Best, alias: str) -> _Outcome:
+    metric = best.metric
+    full = [v for v in pool if v.tags.get("profile") == FULL_PROFILE]
+    if not full and pool:
+        newest = max(pool, key=lambda v: int(v.version))
+        full = [v for v in pool if comparable_key(v) == comparable_key(newest)]
+    chosen = best.of(full)
+    if chosen is None:
         return (
-            Decision(
-                False,
-                holder.version,
-                f"{alias} version {holder.version} has no {metric!r} or no profile and test_set "
-                "tags to compare with; promote by hand",
-            ),
+            Decision(False, None, f"no version has {metric!r} with profile and test_set tags"),
             None,
-            holder,
-        )
-    like = best_of([v for v in pool if comparable_key(v) == key])
-    if holder.tags.get("profile") != FULL_PROFILE:
-        best_full = best_of([v for v in pool if v.tags.get("profile") == FULL_PROFILE])
-        if best_full is not None:
-            return (
-                Decision(
-                    True,
-                    best_full.version,
-                    f"version {best_full.version} ({metric} {_value(best_full, metric):.6g}, "
-                    "full profile) "
-                    f"replaces {alias} version {holder.version} ({metric} {held:.6g}, "
-                    f"{holder.tags.get('profile')} profile): a full-profile model is preferred",
-                ),
-                best_full,
-                holder,
-            )
-    if like is None or like.version == holder.version:
-        return (
-            Decision(
-                False,
-                holder.version,
-                f"{alias} version {holder.version} keeps it: no version scored on its test set "
-                f"under its profile beats its {metric} ({held:.6g})",
-            ),
             None,
-            holder,
-        )
-    value = _value(like, metric)
-    assert value is not None  # the pool holds only versions that have the metric
-    if not _beats(value, held, lower_is_better):
-        return (
-            Decision(
-                False,
-                holder.version,
-                f"{alias} version {holder.version} keeps it: its {metric} ({held:.6g}) is not "
-                f"beaten by version {like.version} ({value:.6g}) on the same test set",
-            ),
-            None,
-            holder,
         )
     return (
         Decision(
             True,
-            like.version,
-            f"version {like.version} beats {alias} version {holder.version} on {metric} "
-            f"({value:.6g} against {held:.6g}), same profile and test set",
+            chosen.version,
+            f"no {alias}: version {chosen.version} has the best {metric} "
+            f"({_value(chosen, metric):.6g}) of its profile and test set",
         ),
-        like,
-        holder,
+        chosen,
+        None,
     )
 
 
+def _decide_against_holder(
+    holder: VersionFacts, pool: list[VersionFacts], best: _Best, alias: str
+) -> _Outcome:
+    metric = best.metric
+    key = comparable_key(holder)
+    held = _value(holder, metric)
+    if key is None or held is None:
+        reason = (
+            f"{alias} version {holder.version} has no {metric!r} or no profile and test_set "
+            "tags to compare with; promote by hand"
+        )
+        return Decision(False, holder.version, reason), None, holder
+    like = best.of([v for v in pool if comparable_key(v) == key])
+    if holder.tags.get("profile") != FULL_PROFILE:
+        best_full = best.of([v for v in pool if v.tags.get("profile") == FULL_PROFILE])
+        if best_full is not None:
+            reason = (
+                f"version {best_full.version} ({metric} {_value(best_full, metric):.6g}, "
+                "full profile) "
+                f"replaces {alias} version {holder.version} ({metric} {held:.6g}, "
+                f"{holder.tags.get('profile')} profile): a full-profile model is preferred"
+            )
+            return Decision(True, best_full.version, reason), best_full, holder
+    if like is None or like.version == holder.version:
+        reason = (
+            f"{alias} version {holder.version} keeps it: no version scored on its test set "
+            f"under its profile beats its {metric} ({held:.6g})"
+        )
+        return Decision(False, holder.version, reason), None, holder
+    value = _value(like, metric)
+    assert value is not None  # the pool holds only versions that have the metric
+    if not _beats(value, held, best.lower_is_better):
+        reason = (
+            f"{alias} version {holder.version} keeps it: its {metric} ({held:.6g}) is not "
+            f"beaten by version {like.version} ({value:.6g}) on the same test set"
+        )
+        return Decision(False, holder.version, reason), None, holder
+    reason = (
+        f"version {like.version} beats {alias} version {holder.version} on {metric} "
+        f"({value:.6g} against {held:.6g}), same profile and test set"
+    )
+    return Decision(True, like.version, reason), like, holder
+
+
 def promote_best(
+    store: TrackingStore,
     name: str,
     metric: str,
     alias: str = CHAMPION_ALIAS,
@@ -304,9 +304,10 @@ def promote_best(
     check_alias(alias)
     if not metric.strip():
         raise DigitsError("--best-by needs a metric name (e.g. accuracy)")
-    decision, chosen, holder = decide(_versions(name), metric, alias, candidates, lower_is_better)
+    versions = _versions(store, name)
+    decision, chosen, holder = decide(versions, metric, alias, candidates, lower_is_better)
     if decision.promoted and chosen is not None:
-        tracking.set_alias(name, alias, chosen.version)
+        store.models.set_alias(name, alias, chosen.version)
         tags: dict[str, Any] = {
             "promotion_reason": decision.reason,
             "promotion_metric": metric,
@@ -316,10 +317,12 @@ def promote_best(
         if holder is not None:
             tags["promotion_previous_version"] = holder.version
             tags["promotion_previous_value"] = _value(holder, metric)
-        tracking.set_version_tags(name, chosen.version, tags)
+        store.models.set_version_tags(name, chosen.version, tags)
     return decision
 
 
-def promote_if_better(name: str, version: str, metric: str = "accuracy") -> Decision:
+def promote_if_better(
+    store: TrackingStore, name: str, version: str, metric: str = "accuracy"
+) -> Decision:
     """After registering `version`: make it `champion` where `decide` prefers it (the engine)."""
-    return promote_best(name, metric, CHAMPION_ALIAS, candidates=[version])
+    return promote_best(store, name, metric, CHAMPION_ALIAS, candidates=[version])

@@ -1,4 +1,4 @@
-"""Where tasks run: the only module that imports `prefect_dask` or `dask_cuda`.
+"""Where tasks run: the only module that imports `prefect_dask`, `distributed` or `dask_cuda`.
 
 Three placements, chosen from `compute` in params.yaml:
 
@@ -7,20 +7,14 @@ Three placements, chosen from `compute` in params.yaml:
 * GPUs present and ``compute.device`` not ``cpu``: one Dask worker per GPU (dask-cuda's
   ``LocalCUDACluster`` pins each worker to its own card via ``CUDA_VISIBLE_DEVICES``);
 * otherwise a ``LocalCluster`` of ``compute.cpu_workers`` CPU processes.
+
+`plan_placement` decides without starting anything; `task_runner` builds Prefect's runner for it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
-import signal
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,28 +23,6 @@ from digits.config import ComputeConfig
 from digits.errors import DigitsError
 
 WORKER_THREADS_ENV = "DIGITS_WORKER_THREADS"
-PREFECT_DEFAULTS = {
-    # Telemetry writes race the temporary server's SQLite into "database is locked".
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
-# The project's own Prefect home (its settings and the `make prefect-ui` server's database), in
-# the folder the flows run from, as `mlruns/` is: never the user's ~/.prefect, which every project
-# on the machine shares.
-PREFECT_HOME_DIR = ".prefect"
-# The temporary server a flow starts when no Prefect server answers keeps its own database, so
-# that two servers never share one SQLite file.
-TEMPORARY_DATABASE = "temporary.db"
-
-
-def set_prefect_defaults() -> None:
-    """Environment defaults for Prefect; call before `prefect` is imported (it reads them then).
-
-    Sets ``PREFECT_HOME`` to ``.prefect`` in the working folder unless it is set already.
-    """
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / PREFECT_HOME_DIR))
 
 
 @dataclass(frozen=True)
@@ -103,6 +75,15 @@ def plan_placement(
     threads = max(compute.cpu_workers * compute.threads_per_worker // workers, 1)
     return Placement(kind="cpu", workers=workers, threads=threads)
 
+
+# Run in each Dask worker process when it starts: a terminal's Ctrl-C reaches every process of
+# the group, and a worker that dies of it prints a traceback; the flow's process stops the
+# workers itself when it is interrupted.
+IGNORE_SIGINT_PRELOAD = """
+import signal, threading
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+"""
 
 LOOPBACK = "127.0.0.1"  # every server started here binds to it: reachable from this machine only
 
@@ -235,7 +216,7 @@ def task_slots(placement: Placement, task_runner: Any = None, wait_s: float = 30
     """
     if placement.kind != "address":
         return max(placement.workers, 1)
-    client = getattr(task_runner, "client", None) if _is_dask(task_runner) else None
+    client = getattr(task_runner, "client", None) if is_dask_runner(task_runner) else None
     if client is None:
         return 1
     try:
@@ -262,208 +243,6 @@ def configure_worker_threads(compute: ComputeConfig) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def local_prefect_server() -> str | None:
-    """The API URL of a Prefect server answering on the documented address, or None.
-
-    The address is Prefect's own ``PREFECT_SERVER_API_HOST`` and ``PREFECT_SERVER_API_PORT``
-    (127.0.0.1:4200 unless set), where ``make prefect-ui`` starts the server.
-    """
-    from prefect.settings import PREFECT_SERVER_API_HOST, PREFECT_SERVER_API_PORT
-
-    host = PREFECT_SERVER_API_HOST.value()
-    if host in ("0.0.0.0", "::", ""):  # listening everywhere: reach it on the loopback
-        host = "127.0.0.1"
-    api = f"http://{host}:{PREFECT_SERVER_API_PORT.value()}/api"
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=1.0) as response:
-            healthy = response.status == 200 and response.read().strip() == b"true"
-    except (OSError, ValueError):
-        return None
-    return api if healthy else None
-
-
-_TEMPORARY_APIS: set[str] = set()
-
-
-def prefect_ui_url(flow_run_id: str) -> str | None:
-    """The Prefect UI page of a flow run on the server in use; None on a temporary server.
-
-    A temporary server stops when its flow ends, so a link to it would lead nowhere.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
-    api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    ui = PREFECT_UI_URL.value()
-    if not flow_run_id or not api or api in _TEMPORARY_APIS or not ui:
-        return None
-    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
-
-
-@contextmanager
-def shared_prefect_api() -> Iterator[str]:
-    """One Prefect API for the flow and all its Dask workers.
-
-    In order: ``PREFECT_API_URL`` when set (a server of yours; workers on other machines need one
-    they reach); else the project's server when one answers on the documented address
-    (`local_prefect_server`: ``make prefect-ui``), so its UI shows the runs with no set-up; else a
-    temporary server for this run, on its own database in ``$PREFECT_HOME``. The URL is exported
-    so the worker processes spawned afterwards inherit it (without it, every process that runs a
-    task would start a temporary server of its own: 15-20 s each, runs scattered over databases).
-    """
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
-
-    existing = (
-        os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or local_prefect_server()
-    )
-    if existing:
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = existing  # for worker processes started from here on
-        try:
-            with temporary_settings({PREFECT_API_URL: existing}):
-                yield existing
-                _drain_prefect_workers()
-        finally:
-            _restore_env("PREFECT_API_URL", previous)
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    home = Path(PREFECT_HOME.value())
-    home.mkdir(parents=True, exist_ok=True)
-    database = f"sqlite+aiosqlite:///{home / TEMPORARY_DATABASE}"
-    server = SubprocessASGIServer()
-    with (
-        temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}),
-        _children_apart(),
-    ):
-        server.start()
-    _TEMPORARY_APIS.add(server.api_url)
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            try:
-                yield server.api_url
-            finally:  # interrupted or not: afterwards nothing would listen to them
-                _drain_prefect_workers()
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        _TEMPORARY_APIS.discard(server.api_url)
-        server.stop()
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-@contextmanager
-def _children_apart() -> Iterator[None]:
-    """Processes started inside run in a session of their own and die with this process (Linux).
-
-    A terminal's Ctrl-C goes to its whole process group: the temporary Prefect server would
-    stop at once, while the flow still needs it to record the interruption (its client then
-    retries for minutes). Apart, the server is stopped by the flow, in order; and should the flow
-    be killed outright, the kernel ends the server with it (`PR_SET_PDEATHSIG`).
-    """
-    if not sys.platform.startswith("linux"):
-        yield
-        return
-    popen: Any = subprocess.Popen
-
-    def apart(*args: Any, **kwargs: Any) -> Any:
-        return popen(*args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
-
-    subprocess.Popen = apart  # type: ignore[misc, assignment]
-    try:
-        yield
-    finally:
-        subprocess.Popen = popen  # type: ignore[misc]
-
-
-# Run in each Dask worker process when it starts: a terminal's Ctrl-C reaches every process of
-# the group, and a worker that dies of it prints a traceback; the flow's process stops the
-# workers itself when it is interrupted.
-IGNORE_SIGINT_PRELOAD = """
-import signal, threading
-if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-"""
-
-
-def _drain_prefect_workers() -> None:
-    """Flush queued logs and events while the server still listens (else they retry for minutes)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    with contextlib.suppress(RuntimeError):  # never started
-        APILogWorker.instance().drain()
-    EventsWorker.drain_all()
-
-
-def _restore_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-# --------------------------------------------------------------------- progress from the tasks
-# Workers may sit on machines that cannot reach the tracking store, so a task never records
-# anything itself: it publishes each epoch, and the flow's process (the one writer) records it.
-# On Dask the message goes through the scheduler's event log (`Worker.log_event` ->
-# `Client.subscribe_topic`); tasks that run in the flow's own process (Prefect's thread pool, as
-# in tests) use an in-process queue.
-
-_LOCAL_TOPICS: dict[str, queue.SimpleQueue[Any]] = {}
-
-
-def publish_progress(topic: str, message: dict[str, Any]) -> None:
-    """Send `message` to whoever subscribed to `topic` (see `ProgressFeed`)."""
-    try:
-        from distributed import get_worker
-
-        get_worker().log_event(topic, message)
-        return
-    except (ImportError, ValueError):  # not inside a Dask worker
-        pass
-    local = _LOCAL_TOPICS.get(topic)
-    if local is not None:
-        local.put(message)
-
-
-class ProgressFeed:
-    """The flow's end of `publish_progress`: collects messages until `drain` takes them."""
-
-    def __init__(self, topic: str, task_runner: Any = None) -> None:
-        self.topic = topic
-        self._messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        _LOCAL_TOPICS[topic] = self._messages
-        client = getattr(task_runner, "client", None) if _is_dask(task_runner) else None
-        self._client = client
-        if client is not None:
-            client.subscribe_topic(topic, lambda event: self._messages.put(event[1]))
-
-    def drain(self) -> list[dict[str, Any]]:
-        out = []
-        while True:
-            try:
-                out.append(self._messages.get_nowait())
-            except queue.Empty:
-                return out
-
-    def close(self) -> None:
-        """Stop listening; let the workers send what Prefect still holds while the API listens."""
-        _LOCAL_TOPICS.pop(self.topic, None)
-        if self._client is not None:
-            self._client.unsubscribe_topic(self.topic)
-            self._client.run(_drain_prefect_workers)
-
-
-def _is_dask(task_runner: Any) -> bool:
+def is_dask_runner(task_runner: Any) -> bool:
+    """Whether `task_runner` is a `prefect_dask.DaskTaskRunner` (checked without importing it)."""
     return type(task_runner).__name__ == "DaskTaskRunner"
