@@ -81,8 +81,8 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000 (the project's store; GenAI job
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
 	  --backend-store-uri sqlite:///mlruns/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
 
-prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:4200 (.prefect/); flows report to it
-	env -u PREFECT_API_URL $(BIN)/prefect server start \
+prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200: the project's server (.prefect/prefect.db), kept up until Ctrl-C
+	$(BIN)/python -m digits.edges.project_server ui --home $(PREFECT_HOME) \
 	  --host $(PREFECT_SERVER_API_HOST) --port $(PREFECT_SERVER_API_PORT)
 
 clean:

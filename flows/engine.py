@@ -30,6 +30,7 @@ from digits.edges.dask_runner import Placement, task_slots
 from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
 from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
+from digits.edges.services import current_project
 from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
 from digits.errors import DigitsError
 from digits.sweep import Fit, FoldEvent, SweepDriver, SweepOutcome, SweepStore, Trial, sweep_key
@@ -194,6 +195,7 @@ class Engine:
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
             "placement": placement.describe(),
+            **current_project().tags(),  # the DVC experiment this run belongs to, if any
             **flow_tags,
         }
         self.logger.info("placement: %s; %d task(s) at once", placement.describe(), self.slots)
@@ -285,7 +287,7 @@ class Engine:
             device=self.placement.kind,
             packing=packing,
         )
-        store = SweepStore(self.params.compute.checkpoint_dir, key)
+        store = SweepStore(current_project().path(self.params.compute.checkpoint_dir), key)
         store.claim(process_tags(), owner_is_gone)
         self._stores.append(store)
         return store

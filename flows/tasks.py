@@ -34,6 +34,7 @@ from digits.data.arrays import (
 )
 from digits.edges.dask_runner import configure_worker_threads
 from digits.edges.progress import publish_progress
+from digits.edges.services import current_project
 from digits.errors import TrainingDiverged
 from digits.training.loop import EpochStats, select_device
 from digits.training.packed import PackedFit, StopTrial, evaluate_folds_packed
@@ -128,7 +129,7 @@ class Progress:
 
 def _checkpoint(compute: ComputeConfig, *parts: Any) -> Path:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
-    return compute.checkpoint_dir / f"{digest}.pt"
+    return current_project().path(compute.checkpoint_dir) / f"{digest}.pt"
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_unless_diverged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -57,6 +58,22 @@ def fixture_resources(directory: Path) -> list[RawFile]:
         RawFile(name=p.name, md5=content_md5(p, gunzip=p.suffix == ".gz"), gunzip=p.suffix == ".gz")
         for p in sorted(directory.iterdir())
     ]
+
+
+@pytest.fixture(autouse=True)
+def _own_prefect_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A flow run in a subprocess starts the project's Prefect server in this test's folder, on a
+    port of its own, and the server stops a second after its last flow: no test uses another's.
+
+    Runs recorded by a DVC experiment of the caller's (``DVC_ROOT``) never reach a test either.
+    """
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("PREFECT_SERVER_API_PORT", str(sock.getsockname()[1]))
+    monkeypatch.setenv("DIGITS_PREFECT_IDLE_S", "1")
+    for name in ("DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -241,6 +241,28 @@ def test_the_project_store_from_params_is_created_on_first_use(tmp_path: Path, m
     assert (tmp_path / "mlruns").is_dir()
 
 
+def test_a_dvc_experiment_in_a_workspace_of_its_own_records_into_the_project(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`dvc exp run --temp` / `--queue` run a stage in a copy DVC deletes afterwards; its records
+    go to the project's store (DVC_ROOT), tagged with the experiment's name."""
+    from digits.edges.services import current_project
+
+    project = tmp_path / "project"
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmp1234"
+    workspace.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "wider-net")
+    store = open_tracking_store(TrackingConfig())
+    assert store.uri == f"sqlite:///{project.resolve()}/mlruns/mlflow.db"
+    assert store.artifact_root == project.resolve() / "mlruns" / "artifacts"
+    assert not (workspace / "mlruns").exists()
+    assert current_project().tags() == {"dvc_experiment": "wider-net"}
+    assert current_project().path(".checkpoints") == project.resolve() / ".checkpoints"
+
+
 def test_a_server_store_is_not_looked_for_on_disk_and_is_asked_when_read(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,24 +57,13 @@ def other_service_port() -> Iterator[int]:
     yield from _health_server(b"<html>another service</html>")
 
 
-def test_probe_finds_a_server_on_the_documented_port(healthy_port: int) -> None:
-    from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
+def test_a_foreign_server_on_the_project_port_is_refused(healthy_port: int, tmp_path: Path) -> None:
+    """Something that is not this project's server answers: one clear error, no silent reuse."""
+    from digits.edges.project_server import ServerAddress, ensure_server
+    from digits.errors import DigitsError
 
-    from digits.edges.prefect_server import local_prefect_server
-
-    with temporary_settings({PREFECT_SERVER_API_PORT: healthy_port}):
-        assert local_prefect_server() == f"http://127.0.0.1:{healthy_port}/api"
-
-
-def test_probe_ignores_a_closed_port_and_other_services(other_service_port: int) -> None:
-    from prefect.settings import PREFECT_SERVER_API_PORT, temporary_settings
-
-    from digits.edges.prefect_server import local_prefect_server
-
-    with temporary_settings({PREFECT_SERVER_API_PORT: free_port()}):
-        assert local_prefect_server() is None
-    with temporary_settings({PREFECT_SERVER_API_PORT: other_service_port}):
-        assert local_prefect_server() is None
+    with pytest.raises(DigitsError, match="not this project's"):
+        ensure_server(ServerAddress(tmp_path / ".prefect", port=healthy_port))
 
 
 FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
@@ -84,10 +74,7 @@ FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
 
     from prefect import flow
 
-    import os
-
-    from digits.edges.prefect_server import prefect_ui_url, shared_prefect_api
-    from digits.edges.process import children_with_commands
+    from digits.edges.prefect_server import shared_prefect_api
 
     @flow(name="runs-without-a-server")
     def probe() -> int:
@@ -95,32 +82,24 @@ FLOW_IN_A_FRESH_PROCESS = textwrap.dedent(
 
     with shared_prefect_api() as api:
         print("API", api)
-        servers = [c for c in children_with_commands(os.getpid()) if "uvicorn" in c.cmdline]
-        print("SERVERS APART", [os.getsid(c.pid) == c.pid for c in servers])
-        print("LINK", prefect_ui_url("some-flow-run"))
         assert probe() == 1
     """
 )
 
 
-@pytest.mark.slow
-def test_without_a_server_a_flow_runs_on_a_temporary_one_inside_the_project(
-    tmp_path: Path,
-) -> None:
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
+def run_flow_in(project: Path, home: Path, port: int) -> subprocess.CompletedProcess[str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "MLFLOW_"))
+        if not key.startswith(("PREFECT_", "MLFLOW_", "DVC_"))
     }
     env |= {
         "HOME": str(home),
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
-        "PREFECT_SERVER_API_PORT": str(free_port()),  # nothing listens there
+        "PREFECT_SERVER_API_PORT": str(port),
+        "DIGITS_PREFECT_IDLE_S": "1",
     }
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", FLOW_IN_A_FRESH_PROCESS],
         cwd=project,
         env=env,
@@ -128,19 +107,69 @@ def test_without_a_server_a_flow_runs_on_a_temporary_one_inside_the_project(
         text=True,
         timeout=300,
     )
+
+
+def flow_runs_in_ui(api: str) -> list[tuple[str, str]]:
+    """(flow name, state) of every flow run, as the Prefect UI's API lists them."""
+    import json
+    import urllib.request
+
+    def post(path: str) -> list[dict[str, str]]:
+        request = urllib.request.Request(
+            f"{api}{path}", data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return list(json.loads(response.read()))
+
+    names = {flow["id"]: flow["name"] for flow in post("/flows/filter")}
+    return [(names[run["flow_id"]], run["state_type"]) for run in post("/flow_runs/filter")]
+
+
+@pytest.mark.slow
+def test_a_flow_run_made_while_no_server_was_up_is_in_the_ui_afterwards(tmp_path: Path) -> None:
+    """No server up: the flow starts the project's one over .prefect/prefect.db (never the
+    user's ~/.prefect), which stops once unused; the UI started later lists the run."""
+    from digits.edges.project_server import ServerAddress, ensure_server, lease, read_state
+
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    port = free_port()
+    done = run_flow_in(project, home, port)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "API http://127.0.0.1:" in done.stdout
-    # The server is in a session of its own (a terminal's Ctrl-C does not stop it before the
-    # flow records the interruption), and no link points at it: it stops with the flow.
-    assert "SERVERS APART [True]" in done.stdout
-    assert "LINK None" in done.stdout
+    assert f"API http://127.0.0.1:{port}/api" in done.stdout
     assert not (home / ".prefect").exists()  # never the user's Prefect home
-    database = project / ".prefect" / "temporary.db"
+    prefect_home = project / ".prefect"
+    for _ in range(100):  # the server stops by itself once no flow holds it (1 s here)
+        if read_state(prefect_home) is None:
+            break
+        time.sleep(0.2)
+    assert read_state(prefect_home) is None
+    address = ServerAddress(prefect_home, port=port)
+    with lease(address.home):  # `make prefect-ui` later
+        api, started = ensure_server(address, idle_s=1)
+        assert started
+        assert flow_runs_in_ui(api) == [("runs-without-a-server", "COMPLETED")]
+
+
+@pytest.mark.slow
+def test_two_flows_starting_at_once_share_one_server(tmp_path: Path) -> None:
+    """Two flows start together with no server up: one server on the database, both runs in it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digits.edges.project_server import LOG_FILE
+
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    port = free_port()
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: run_flow_in(project, home, port), range(2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    database = project / ".prefect" / "prefect.db"
     with sqlite3.connect(database) as db:
-        rows = db.execute(
-            "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow"
-            " ON flow_run.flow_id = flow.id"
-        ).fetchall()
-    assert rows == [("runs-without-a-server", "COMPLETED")]
-    # the database `make prefect-ui` serves is not shared with a temporary server
-    assert not (project / ".prefect" / "prefect.db").exists()
+        states = db.execute("SELECT state_type FROM flow_run").fetchall()
+    assert states == [("COMPLETED",), ("COMPLETED",)]
+    log = (project / ".prefect" / LOG_FILE).read_text()
+    assert log.count("serving http://") == 1, log  # one server started, the other flow used it

@@ -8,13 +8,11 @@ import sys
 import time
 import types
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from tests import faultkit
 
-from digits.edges.prefect_server import children_apart
 from digits.edges.process import (
     children,
     children_with_commands,
@@ -78,20 +76,3 @@ def test_the_owner_of_a_reaped_process_is_gone_and_ours_is_not() -> None:
     assert owner_is_gone(tags)
     assert not owner_is_gone(process_tags())
     assert not owner_is_gone({**tags, "digits.host": "another-machine"})  # unknowable: kept
-
-
-SESSION = [sys.executable, "-c", "import os; print(os.getsid(0))"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_children_apart_reaches_only_the_module_it_is_given(tmp_path: Path) -> None:
-    server_module = types.ModuleType("server_module")
-    server_module.subprocess = subprocess  # type: ignore[attr-defined]
-    with children_apart(server_module):
-        apart = server_module.subprocess.Popen(SESSION, stdout=subprocess.PIPE, text=True)  # type: ignore[attr-defined]
-        elsewhere = subprocess.Popen(SESSION, stdout=subprocess.PIPE, text=True)
-        apart_session, _ = apart.communicate(timeout=60)
-        elsewhere_session, _ = elsewhere.communicate(timeout=60)
-    assert int(apart_session) == apart.pid  # the leader of a session of its own
-    assert int(elsewhere_session) == os.getsid(0)  # every other Popen: untouched
-    assert server_module.subprocess is subprocess  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from digits.config import TrackingConfig
+from digits.edges.services import current_project
 from digits.errors import DigitsError
 
 if TYPE_CHECKING:
@@ -148,19 +149,23 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
             there (read mode), a folder that does not exist, or a store that does not answer.
     """
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = from_env or cfg.uri
+    # A relative SQLite path and artifact root are the project's, also for a DVC experiment run
+    # in a workspace of its own, which DVC deletes afterwards (`digits.edges.services`).
+    project = current_project()
+    uri = project.sqlite_uri(from_env or cfg.uri)
+    artifact_root = project.path(cfg.artifact_root)
     source = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
     _check_location(uri, source, mode, created_by_params=not from_env)
     # A new SQLite store announces its table creation on stderr; it is routine, not news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if _scheme(uri) == "sqlite":
-        follow_moved_checkout(Path(uri.removeprefix("sqlite:///")), Path(cfg.artifact_root))
+        follow_moved_checkout(Path(uri.removeprefix("sqlite:///")), artifact_root)
     mlflow.set_tracking_uri(uri)  # process-wide, for MLflow's fluent API (see above)
     mlflow.set_registry_uri(uri)
     store = TrackingStore(
         uri=uri,
         experiment_prefix=cfg.experiment_prefix,
-        artifact_root=Path(cfg.artifact_root),
+        artifact_root=artifact_root,
         ui_url=cfg.ui_url.rstrip("/"),
     )
     if mode == "read":
