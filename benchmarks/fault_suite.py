@@ -139,7 +139,7 @@ def refused(
 
     A `fault` (a full disk) is counted with the injected faults, the rest as bad input.
     """
-    from digits.edges.cli import run_or_exit
+    from digits.edges.exits import run_or_exit
 
     stderr = io.StringIO()
     code: int | str | None = 0

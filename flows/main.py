@@ -133,8 +133,8 @@ def main(
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
-    from digits.edges.cli import run_or_exit
     from digits.edges.dask_runner import plan_placement, task_runner
+    from digits.edges.exits import run_or_exit
     from digits.edges.interrupts import handle_interrupts
     from digits.edges.prefect_server import shared_prefect_api
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from digits.config import Params, load_params
-from digits.edges.cli import run_or_exit
+from digits.edges.exits import run_or_exit
 from digits.edges.tracking import open_tracking_store
 from digits.errors import DigitsError
 from digits.files import write_text_atomic

@@ -20,7 +20,7 @@ import torch
 
 from digits.config import MIRRORS_ENV, DataConfig, TrackingConfig
 from digits.data import prepare, sources
-from digits.edges import cli
+from digits.edges import cli, exits
 from digits.edges.tracking import open_tracking_store
 from digits.errors import DigitsError, DiskFull
 from digits.files import write_atomic
@@ -198,7 +198,7 @@ def test_a_full_disk_under_the_tracking_store_is_one_line(tmp_path: Path, monkey
 
     monkeypatch.setattr(mlflow.tracking.MlflowClient, "log_batch", full)
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_or_exit(lambda: store.runs.log_run_metrics(run_id, {"accuracy": 0.5}))
+        exits.run_or_exit(lambda: store.runs.log_run_metrics(run_id, {"accuracy": 0.5}))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("digits: error: no space left on the device for the tracking database")
