@@ -48,6 +48,21 @@ def _record_sweep(engine: Engine, outcome: SweepOutcome, profile: str) -> pd.Dat
     return table
 
 
+def _summary(params: Params, outcome: SweepOutcome, data: DataRef, checksum: str) -> dict[str, Any]:
+    """What the sweep did, for reports/mnist/metrics.json."""
+    return {
+        "profile": params.profile,
+        "strategy": params.mnist.search.strategy,
+        "trials": len(outcome.trials),
+        "failed_trials": len(outcome.failed),
+        "startup_seconds": round(outcome.startup_seconds, 2),
+        "sweep_seconds": round(outcome.sweep_seconds, 2),
+        "train_seconds": round(outcome.train_seconds, 2),
+        "train_images": data.train_count(),
+        "data_checksum": checksum,
+    }
+
+
 @flow(name="tune-mnist")
 def tune_mnist(
     params: Params, placement: Placement, report_dir: str = str(REPORT_DIR)
@@ -80,17 +95,7 @@ def tune_mnist(
             engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
             raise final
         engine.record_final(run_id, final, {"cv_accuracy": best.mean_score()})
-        summary = {
-            "profile": params.profile,
-            "strategy": strategy,
-            "trials": len(outcome.trials),
-            "failed_trials": len(outcome.failed),
-            "startup_seconds": round(outcome.startup_seconds, 2),
-            "sweep_seconds": round(outcome.sweep_seconds, 2),
-            "train_seconds": round(outcome.train_seconds, 2),
-            "train_images": data.train_count(),
-            "data_checksum": engine.checksum,
-        }
+        summary = _summary(params, outcome, data, engine.checksum)
         best_summary = {
             "name": cell_name(best.recipe),
             **table1_fields(best.recipe),
