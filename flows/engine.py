@@ -195,7 +195,6 @@ class Engine:
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
             "placement": placement.describe(),
-            **current_project().tags(),  # the DVC experiment this run belongs to, if any
             **flow_tags,
         }
         self.logger.info("placement: %s; %d task(s) at once", placement.describe(), self.slots)

@@ -43,16 +43,17 @@ def git_commit() -> str:
 
 
 def flow_run_tags() -> dict[str, str]:
-    """The current Prefect flow run's id and UI page, as MLflow tags (the page only on a server
-    that outlives the run, such as `make prefect-ui`'s)."""
+    """The current Prefect flow run's id and UI page, and the DVC experiment the run belongs to
+    (when DVC started it as one), as MLflow tags."""
     from prefect.context import FlowRunContext
 
     from digits.edges.prefect_server import prefect_ui_url
+    from digits.edges.services import current_project
     from digits.edges.tracking import PREFECT_FLOW_RUN_TAG
 
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else ""
-    tags = {PREFECT_FLOW_RUN_TAG: flow_run_id}
+    tags = {**current_project().tags(), PREFECT_FLOW_RUN_TAG: flow_run_id}
     url = prefect_ui_url(flow_run_id)
     if url:
         tags["prefect_flow_run_url"] = url

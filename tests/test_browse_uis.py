@@ -136,7 +136,9 @@ def test_both_uis_show_the_runs_of_a_quick_pipeline(tiny_project: Path, tmp_path
         # What `make prefect-ui` and `make study` share: the server's address, Prefect's own.
         "PREFECT_SERVER_API_PORT": str(prefect_port),
     }
-    prefect_server = [sys.executable, "-m", "prefect", "server", "start"]
+    # `make prefect-ui`: the project's server over .prefect/prefect.db, held up while it runs.
+    prefect_server = [sys.executable, "-m", "digits.edges.project_server", "ui"]
+    prefect_server += ["--home", str(tiny_project / ".prefect")]
     prefect_server += ["--host", "127.0.0.1", "--port", str(prefect_port)]
     mlflow_ui = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri"]
     mlflow_ui += ["sqlite:///mlruns/mlflow.db", "--host", "127.0.0.1", "--port", str(mlflow_port)]
