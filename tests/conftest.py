@@ -60,6 +60,30 @@ def fixture_resources(directory: Path) -> list[RawFile]:
     ]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _isolate_prefect(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_SERVER_API_PORT", str(_free_port()))
+    monkeypatch.setenv("DIGITS_PREFECT_IDLE_S", "1")
+    for name in ("DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What `_own_prefect_server` does, for fixtures wider than a test (a module's reference run):
+    never the checkout's `.prefect` or Prefect's usual port, which a person's server may hold."""
+    monkeypatch = pytest.MonkeyPatch()
+    _isolate_prefect(monkeypatch, tmp_path_factory.mktemp("prefect") / ".prefect")
+    yield
+    monkeypatch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _own_prefect_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A flow run in a subprocess starts the project's Prefect server in this test's folder, on a
@@ -67,13 +91,7 @@ def _own_prefect_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
     Runs recorded by a DVC experiment of the caller's (``DVC_ROOT``) never reach a test either.
     """
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("PREFECT_SERVER_API_PORT", str(sock.getsockname()[1]))
-    monkeypatch.setenv("DIGITS_PREFECT_IDLE_S", "1")
-    for name in ("DVC_ROOT", "DVC_EXP_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    _isolate_prefect(monkeypatch, tmp_path / ".prefect")
 
 
 @pytest.fixture
