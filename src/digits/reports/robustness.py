@@ -6,14 +6,13 @@ per model; `write_robustness_report` writes them, each file whole or not at all.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from digits.files import write_atomic
+from digits.files import save_figure_atomic, write_text_atomic
 from digits.robustness import CLEAN, FAMILIES, Perturbation, perturbations
 
 RobustnessScores = Mapping[str, Mapping[str, float]]
@@ -102,8 +101,6 @@ def write_robustness_report(
     """
     paths = {"table": out_dir / "robustness.md", "figure": out_dir / "figures" / "robustness.png"}
     text = f"# {title}\n\nTest accuracy on changed copies of the test set.\n\n"
-    write_atomic(paths["table"], (text + robustness_table(scores)).encode())
-    png = io.BytesIO()
-    robustness_figure(scores, title).savefig(png, format="png")
-    write_atomic(paths["figure"], png.getvalue())
+    write_text_atomic(paths["table"], text + robustness_table(scores))
+    save_figure_atomic(robustness_figure(scores, title), paths["figure"])
     return paths

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import confusion_records
 from digits.reports.zoo_figures import zoo_figures
 from digits.studies.svhn_zoo import (
@@ -342,7 +343,7 @@ def _write_curves(
         ],
         columns=["model", "epoch", "train_loss", "train_accuracy"],
     )
-    curves.to_csv(path, index=False)
+    write_text_atomic(path, curves.to_csv(index=False))
     for folder in ("curves", "confusion"):
         (zoo / folder).mkdir(exist_ok=True)
         for stale in (zoo / folder).glob("*.csv"):  # a model dropped from the zoo since
@@ -350,10 +351,9 @@ def _write_curves(
     for row in rows:
         stem = _file_stem(row.label)
         per_model = curves[curves["model"] == row.label].drop(columns="model")
-        per_model.to_csv(zoo / "curves" / f"{stem}.csv", index=False)
-        confusion_records(confusions[row.label]).to_csv(
-            zoo / "confusion" / f"{stem}.csv", index=False
-        )
+        write_text_atomic(zoo / "curves" / f"{stem}.csv", per_model.to_csv(index=False))
+        confusion = confusion_records(confusions[row.label])
+        write_text_atomic(zoo / "confusion" / f"{stem}.csv", confusion.to_csv(index=False))
 
 
 def write_zoo_report(
@@ -394,13 +394,13 @@ def write_zoo_report(
     paths = _report_paths(out_dir, rows)
 
     table = comparison_table(rows)
-    table.to_csv(paths["comparison"], index=False, float_format="%.6g")
+    write_text_atomic(paths["comparison"], table.to_csv(index=False, float_format="%.6g"))
     metrics = _metrics(rows, str(table.loc[0, "model"]), synthetic, profile)
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     _write_curves(zoo, paths["learning_curves"], rows, confusions, histories)
 
     for key, figure in zoo_figures(dataset, rows, confusions, histories, synthetic):
-        figure.savefig(paths[key], dpi=120)
+        save_figure_atomic(figure, paths[key], dpi=120)
 
     captions = {
         "Test accuracy vs trainable parameters": paths["accuracy_vs_parameters"],
@@ -410,7 +410,7 @@ def write_zoo_report(
         **{f"Confusion matrix: {row.label}": paths[f"confusion_{row.label}"] for row in rows},
     }
     relative = {caption: path.relative_to(zoo).as_posix() for caption, path in captions.items()}
-    paths["report"].write_text(
-        zoo_markdown(dataset, rows, relative, synthetic, profile, augmentation)
+    write_text_atomic(
+        paths["report"], zoo_markdown(dataset, rows, relative, synthetic, profile, augmentation)
     )
     return paths
