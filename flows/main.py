@@ -123,7 +123,10 @@ def main(
     max_tasks: Callable[..., int | None] | None = None,
     **extra: Any,
 ) -> None:
-    """`python -m flows.<study> [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
+    """`python -m flows.<study> [--params params.yaml] [--verbose] [--<extra> VALUE]`: run `flow`.
+
+    The terminal shows the flow's own lines, its progress bar, warnings and errors; `--verbose`
+    (or ``DIGITS_VERBOSE=1``) adds every library's INFO lines and each epoch of each task.
 
     Args:
         flow: The Prefect flow; called with the loaded `Params`, the planned `Placement` and the
@@ -138,13 +141,19 @@ def main(
     from digits.edges.exits import run_or_exit
     from digits.edges.interrupts import handle_interrupts
     from digits.edges.prefect_server import shared_prefect_api
+    from digits.edges.terminal import set_verbose
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print every INFO line (Dask, Prefect, epochs)"
+    )
     for name, default in extra.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=default)
     args = parser.parse_args()
     options = {name: getattr(args, name) for name in extra}
+    if args.verbose:
+        set_verbose()
     handle_interrupts()
 
     def run() -> Any:
