@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures; a NaN loss is deterministic under the seed and would fail again.
 
-    Nor is a full disk retried: it stays full.
+    Nor is a full disk retried: it stays full; nor a task stopped because its flow was
+    interrupted.
     """
+    from digits.edges.interrupts import TaskInterrupted
+
     try:
         state.result()
-    except (TrainingDiverged, DiskFull):
+    except (TrainingDiverged, DiskFull, TaskInterrupted):
         return False
     except Exception:
         return True
