@@ -212,7 +212,9 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             "preload": [IGNORE_SIGINT_PRELOAD],
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            # None still serves the dashboard on 8787 (a "port in use" warning when another
+            # project's cluster holds it): any free port instead.
+            "dashboard_address": ":0",
             # Each worker trains with `placement.threads` intra-op threads of its own.
             "env": {
                 "OMP_NUM_THREADS": str(placement.threads),
