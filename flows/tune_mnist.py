@@ -155,11 +155,11 @@ def _finish(
     return final, version, promoted
 
 
-def _refined_model(refining: Refining, final: FinalResult) -> RefinedModel:
+def _refined_model(refining: Refining, final: FinalResult, table1_best: Trial) -> RefinedModel:
     outcome = refining.outcome
     best = outcome.best
     summary = {
-        "base": cell_name(best.recipe),
+        "base": cell_name(table1_best.recipe),
         "augment": augment_summary(best.recipe),
         "weight_decay": best.recipe.optim.weight_decay,
         "trials": len(outcome.trials),
@@ -207,7 +207,7 @@ def tune_mnist(
             refined_final, refined_version, _ = _finish(
                 engine, params, refining.outcome.best, refining.future, refining.run_id, "refine"
             )
-            refined = _refined_model(refining, refined_final)
+            refined = _refined_model(refining, refined_final, best)
         paths = write_mnist_report(
             Path(report_dir),
             table,

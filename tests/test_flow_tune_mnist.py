@@ -217,6 +217,7 @@ def test_refining_search_registers_a_second_version_and_the_better_is_champion(
     assert metrics["test"]["accuracy"] == accuracy["1"]
     assert metrics["refined"]["test"]["accuracy"] == accuracy["2"]
     assert metrics["refined"]["best"]["mean_cv_accuracy"] == chosen.data.metrics["cv_accuracy"]
+    assert metrics["refined"]["base"] == metrics["best"]["name"]  # Table 1's best cell
     refine_csv = (tmp_path / "report" / "refine.csv").read_text().splitlines()
     assert len(refine_csv) == 3  # header and the two trials
 
