@@ -172,7 +172,7 @@ class MnistConfig(StrictModel):
             except ValidationError as error:
                 item = error.errors()[0]
                 where = ".".join(str(part) for part in item["loc"])
-                raise ValueError(f"refine.changes: {where}: {error_message(item)}") from None
+                raise ValueError(f"refine.changes.{where}: {error_message(item)}") from None
             try:
                 check_search(self.refine.search, base)
             except ValueError as error:
