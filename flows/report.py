@@ -15,7 +15,7 @@ from pathlib import Path
 
 from digits.config import Params, load_params
 from digits.edges.exits import run_or_exit
-from digits.edges.tracking import open_tracking_store
+from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
 from digits.errors import DigitsError
 from digits.files import write_text_atomic
 from digits.reports.study import RunLink, StudyFiles, read_study, study_html, study_markdown
@@ -44,12 +44,8 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
         tags = {"profile": params.profile, "stage": "final"}
         if files.mnist.get("data_checksum"):
             tags["data_checksum"] = str(files.mnist["data_checksum"])
-        found = store.runs.latest_run("mnist", tags)
-        if found:
-            links["mnist_final"] = link(*found)
-            parent = store.runs.parent_run_id(found[0])
-            if parent:
-                links["mnist_sweep"] = link(parent, found[1])
+        for key, run_id, experiment_id in _mnist_runs(store, tags):
+            links[key] = link(run_id, experiment_id)
     zoo_ids = [
         str(run_id)
         for table in files.zoo.values()
@@ -62,6 +58,44 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
         f"Runs were looked up in {store.uri}; a result whose run is not there came with the "
         "checkout or from another store (`dvc repro` of its stage records one)."
     )
+
+
+def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(key, run id, experiment id) of the newest Table 1 final fit carrying `tags`, its sweep,
+    and the refining search and refined final fit of the same flow run, where there are some.
+
+    Both final fits carry `stage: final`; the refined one is named `refined-...` (its parent
+    the `refine-...` run), Table 1's `final-...`.
+    """
+    finals = [
+        run
+        for run in store.runs.runs_of("mnist")  # newest first
+        if run.info.status == "FINISHED"
+        and all(run.data.tags.get(key) == value for key, value in tags.items())
+    ]
+    table1 = next((r for r in finals if not r.info.run_name.startswith("refined-")), None)
+    if table1 is None:
+        return []
+    out = [("mnist_final", table1.info.run_id, table1.info.experiment_id)]
+    sweep = store.runs.parent_run_id(table1.info.run_id)
+    if sweep:
+        out.append(("mnist_sweep", sweep, table1.info.experiment_id))
+    flow_run = table1.data.tags.get(PREFECT_FLOW_RUN_TAG)
+    refined = next(
+        (
+            r
+            for r in finals
+            if r.info.run_name.startswith("refined-")
+            and r.data.tags.get(PREFECT_FLOW_RUN_TAG) == flow_run
+        ),
+        None,
+    )
+    if refined is not None:
+        out.append(("mnist_refined", refined.info.run_id, refined.info.experiment_id))
+        search = store.runs.parent_run_id(refined.info.run_id)
+        if search:
+            out.append(("mnist_refine", search, refined.info.experiment_id))
+    return out
 
 
 def write_report(

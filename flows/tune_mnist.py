@@ -1,5 +1,10 @@
 """Prefect flow: tune the MNIST dense network with cross-validation, retrain the best, test it once.
 
+After Table 1's search, `mnist.refine` (when enabled) searches the best cell's recipe further
+(augmentation, epochs, shape, dropout, learning rate) with the same folds, while Table 1's best
+trains on every image; the refined best is then trained and tested once too, and both models are
+registered under the same name, the champion chosen by the registry's rule.
+
 python -m flows.tune_mnist [--params params.yaml]
 """
 
@@ -7,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +22,43 @@ from prefect.artifacts import create_table_artifact
 
 from digits.config import Params
 from digits.edges.dask_runner import Placement
-from digits.reports.mnist import tuning_table, write_mnist_report
-from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
-from digits.sweep import SweepOutcome
+from digits.reports.mnist import RefinedModel, refine_table, tuning_table, write_mnist_report
+from digits.studies.mnist_mlp import (
+    augment_summary,
+    cell_name,
+    refine_rows,
+    refined_name,
+    table1_fields,
+    table1_rows,
+)
+from digits.sweep import SweepOutcome, Trial
+from digits.training.recipe import FinalResult
 from flows.engine import Engine
 from flows.main import main
 from flows.tasks import DataRef
 
 REPORT_DIR = Path("reports/mnist")
 EXPERIMENT = "mnist"
+
+
+@dataclass
+class Refining:
+    """The refining search, done, and its best recipe's final fit, submitted."""
+
+    outcome: SweepOutcome
+    table: pd.DataFrame
+    future: Any
+    run_id: str
+
+
+def _sweep_metrics(outcome: SweepOutcome) -> dict[str, float]:
+    return {
+        "cv_accuracy": outcome.best.mean_score(),
+        "startup_seconds": outcome.startup_seconds,
+        "sweep_seconds": outcome.sweep_seconds,
+        "train_seconds": outcome.train_seconds,
+        "failed_trials": len(outcome.failed),
+    }
 
 
 def _record_sweep(engine: Engine, outcome: SweepOutcome, profile: str) -> pd.DataFrame:
@@ -36,15 +70,7 @@ def _record_sweep(engine: Engine, outcome: SweepOutcome, profile: str) -> pd.Dat
         key="table-1",
         description=f"Table 1: mean CV accuracy per cell ({profile} profile)",
     )
-    engine.tracking.runs.log_metrics(
-        {
-            "cv_accuracy": outcome.best.mean_score(),
-            "startup_seconds": outcome.startup_seconds,
-            "sweep_seconds": outcome.sweep_seconds,
-            "train_seconds": outcome.train_seconds,
-            "failed_trials": len(outcome.failed),
-        }
-    )
+    engine.tracking.runs.log_metrics(_sweep_metrics(outcome))
     return table
 
 
@@ -63,11 +89,94 @@ def _summary(params: Params, outcome: SweepOutcome, data: DataRef, checksum: str
     }
 
 
+def _best_summary(best: Trial, name: str) -> dict[str, Any]:
+    return {"name": name, **table1_fields(best.recipe), "mean_cv_accuracy": best.mean_score()}
+
+
+def _start_refining(engine: Engine, params: Params, table1_best: Trial) -> Refining:
+    """Cross-validate `mnist.refine.search` over Table 1's best recipe with `mnist.refine.changes`,
+    in a run nested in the sweep's (its trials its children); submit its best's final fit."""
+    study, refine = params.mnist, params.mnist.refine
+    base = refine.changes.applied_to(table1_best.recipe)
+    run_name = f"refine-{refine.search.strategy}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_params = {
+        "strategy": refine.search.strategy,
+        "folds": study.folds,
+        "seed": params.seed,
+        "base": cell_name(table1_best.recipe),
+    }
+    with engine.tracking.runs.start_run(
+        EXPERIMENT,
+        run_name,
+        params=run_params,
+        tags={**engine.tags, "search": "refine"},
+        nested=True,
+    ):
+        outcome = engine.sweep(refine.search, base, study.folds)
+        table = refine_table(refine_rows(outcome.trials))
+        engine.tracking.runs.log_table(table, "refine.json")
+        create_table_artifact(
+            table=table.round(5).to_dict(orient="records"),
+            key="refine",
+            description=f"Refining search over {cell_name(table1_best.recipe)} ({params.profile})",
+        )
+        engine.tracking.runs.log_metrics(_sweep_metrics(outcome))
+        best = outcome.best.recipe
+        future, run_id = engine.start_final(best, f"refined-{refined_name(best)}")
+    return Refining(outcome, table, future, run_id)
+
+
+def _finish(
+    engine: Engine, params: Params, best: Trial, future: Any, run_id: str, search: str
+) -> tuple[FinalResult, str, bool]:
+    """Wait for a final fit, record it and register its model; (result, version, promoted)."""
+    (final,) = engine.wait_final([future])
+    if isinstance(final, BaseException):
+        engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
+        raise final
+    engine.record_final(run_id, final, {"cv_accuracy": best.mean_score()})
+    engine.tracking.runs.log_dict(final.metrics.report, "classification_report.json", run_id=run_id)
+    version, promoted = engine.register(
+        run_id,
+        final,
+        params.mnist.registered_model,
+        {"params": json.dumps(best.recipe.model_dump()), "stage": "final", "search": search},
+    )
+    engine.logger.info(
+        "%s best %s: CV %.4f, test accuracy %.4f; registered %s v%s%s",
+        search,
+        refined_name(best.recipe),
+        best.mean_score(),
+        final.metrics.accuracy,
+        params.mnist.registered_model,
+        version,
+        " (now champion)" if promoted else "",
+    )
+    return final, version, promoted
+
+
+def _refined_model(refining: Refining, final: FinalResult, table1_best: Trial) -> RefinedModel:
+    outcome = refining.outcome
+    best = outcome.best
+    summary = {
+        "base": cell_name(table1_best.recipe),
+        "augment": augment_summary(best.recipe),
+        "weight_decay": best.recipe.optim.weight_decay,
+        "trials": len(outcome.trials),
+        "failed_trials": len(outcome.failed),
+        "sweep_seconds": round(outcome.sweep_seconds, 2),
+        "train_seconds": round(outcome.train_seconds, 2),
+    }
+    best_summary = _best_summary(best, refined_name(best.recipe))
+    return RefinedModel(refining.table, best_summary, final.metrics, summary)
+
+
 @flow(name="tune-mnist")
 def tune_mnist(
     params: Params, placement: Placement, report_dir: str = str(REPORT_DIR)
 ) -> dict[str, Any]:
-    """Cross-validated search (Table 1), final retrain and test, all recorded in MLflow.
+    """Cross-validated search (Table 1), final retrain and test, all recorded in MLflow; then
+    the refining search and its best's final fit, when `mnist.refine.enabled`.
 
     Args:
         params: The study's parameters.
@@ -81,6 +190,7 @@ def tune_mnist(
     started = time.perf_counter()
     sweep_name = f"sweep-{strategy}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_params = {"strategy": strategy, "folds": study.folds, "seed": params.seed}
+    refining: Refining | None = None
     with engine.tracking.runs.start_run(
         EXPERIMENT, sweep_name, params=sweep_params, tags=engine.tags
     ):
@@ -88,48 +198,37 @@ def tune_mnist(
         outcome = engine.sweep(study.search, study.recipe, study.folds)
         best = outcome.best
         table = _record_sweep(engine, outcome, params.profile)
-
         future, run_id = engine.start_final(best.recipe, f"final-{cell_name(best.recipe)}")
-        (final,) = engine.wait_final([future])
-        if isinstance(final, BaseException):
-            engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": repr(final)})
-            raise final
-        engine.record_final(run_id, final, {"cv_accuracy": best.mean_score()})
-        summary = _summary(params, outcome, data, engine.checksum)
-        best_summary = {
-            "name": cell_name(best.recipe),
-            **table1_fields(best.recipe),
-            "mean_cv_accuracy": best.mean_score(),
-        }
+        if study.refine.enabled:  # searched while Table 1's best trains
+            refining = _start_refining(engine, params, best)
+        final, version, _ = _finish(engine, params, best, future, run_id, "table1")
+        refined = None
+        if refining is not None:
+            refined_final, refined_version, _ = _finish(
+                engine, params, refining.outcome.best, refining.future, refining.run_id, "refine"
+            )
+            refined = _refined_model(refining, refined_final, best)
         paths = write_mnist_report(
-            Path(report_dir), table, best_summary, final.metrics, final.history, summary
-        )
-        engine.tracking.runs.log_dict(
-            final.metrics.report, "classification_report.json", run_id=run_id
+            Path(report_dir),
+            table,
+            _best_summary(best, cell_name(best.recipe)),
+            final.metrics,
+            final.history,
+            _summary(params, outcome, data, engine.checksum),
+            refined,
         )
         for key in ("tuning", "metrics", "confusion", "comparison", "curves"):
             engine.tracking.runs.log_artifact(paths[key], artifact_path="report", run_id=run_id)
-        version, promoted = engine.register(
-            run_id,
-            final,
-            study.registered_model,
-            {"params": json.dumps(best.recipe.model_dump()), "stage": "final"},
-        )
     engine.close()
-    engine.logger.info(
-        "best %s: CV %.4f, test accuracy %.4f; registered %s v%s%s (%.0f s)",
-        cell_name(best.recipe),
-        best.mean_score(),
-        final.metrics.accuracy,
-        study.registered_model,
-        version,
-        " (now champion)" if promoted else "",
-        time.perf_counter() - started,
-    )
+    engine.logger.info("tune-mnist done in %.0f s", time.perf_counter() - started)
     return {
-        "best": best_summary,
+        "best": _best_summary(best, cell_name(best.recipe)),
         "test_accuracy": final.metrics.accuracy,
         "model_version": version,
+        "refined": None
+        if refined is None
+        else {**refined.best, "test_accuracy": refined.test_metrics.accuracy},
+        "refined_model_version": None if refining is None else refined_version,
         "failed_trials": len(outcome.failed),
         "startup_seconds": outcome.startup_seconds,
         "sweep_seconds": outcome.sweep_seconds,

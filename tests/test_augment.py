@@ -177,3 +177,123 @@ def test_runs_on_cuda_with_a_cuda_generator() -> None:
     out = _augment(translate=2, rotate_deg=10, brightness=0.2, contrast=0.2)(images, generator)
     assert out.device == images.device and out.shape == images.shape
     assert math.isfinite(out.sum().item())
+
+
+# The MNIST MLP's refining search: zoom, stroke thickness and elastic warps.
+REFINE = {"translate": 2, "rotate_deg": 10, "scale": 0.1, "stroke": 0.5, "elastic": 2}
+
+
+def _glyphs(side: int = 28) -> dict[str, Tensor]:
+    """Four synthetic digits drawn with 2-3 pixel strokes: (H, W, 1) uint8 each."""
+    ys = torch.arange(side, dtype=torch.float32).view(-1, 1)
+    xs = torch.arange(side, dtype=torch.float32).view(1, -1)
+    c = (side - 1) / 2
+    ring = ((((ys - c) / 9) ** 2 + ((xs - c) / 6) ** 2).sqrt() - 1).abs() < 0.18
+    one = ((xs - c).abs() < 1.5) & ((ys - c).abs() < 9)
+    seven = (((ys - 5).abs() < 1.5) & ((xs - c).abs() < 7)) | (
+        ((xs - (c + 7) + (ys - 5) * 0.6).abs() < 1.5) & (ys > 5) & (ys < 23)
+    )
+    four = (
+        ((xs - (c + 3)).abs() < 1.5) & (ys > 4) & (ys < 23)
+        | ((ys - 16).abs() < 1.5) & ((xs - c).abs() < 8)
+        | ((xs - (c - 6)).abs() < 1.5) & (ys > 4) & (ys < 16)
+    )
+    return {
+        name: (mask.to(torch.uint8) * 255).unsqueeze(-1)
+        for name, mask in {"0": ring, "1": one, "4": four, "7": seven}.items()
+    }
+
+
+def _blurred(images: Tensor) -> Tensor:
+    """(B, H, W, 1) -> (B, H*W) unit vectors of a 3x3 box blur: compared up to small motions."""
+    x = torch.nn.functional.avg_pool2d(images.permute(0, 3, 1, 2).float(), 3, 1, 1)
+    flat = x.flatten(start_dim=1)
+    return flat / flat.norm(dim=1, keepdim=True)
+
+
+def _nearest_glyph(images: Tensor, glyphs: list[Tensor], reach: int = 3) -> Tensor:
+    """(B,) index of the glyph each image matches best, each glyph moved by up to `reach`
+    pixels along each axis (the shift is the augmentation's; the match judges the shape)."""
+    best = []
+    for glyph in glyphs:
+        moved = torch.stack(
+            [
+                torch.roll(glyph, (dy, dx), dims=(0, 1))
+                for dy in range(-reach, reach + 1)
+                for dx in range(-reach, reach + 1)
+            ]
+        )  # (49, H, W, 1)
+        best.append((_blurred(images) @ _blurred(moved).T).amax(dim=1))  # (B,)
+    return torch.stack(best, dim=1).argmax(dim=1)
+
+
+def test_refining_augmentation_keeps_every_synthetic_digit_its_label() -> None:
+    glyphs = _glyphs()
+    names = list(glyphs)
+    augment = _augment(**REFINE)
+    for label, image in glyphs.items():
+        out = augment(_repeat(image, 200), _gen(5))  # (200, H, W, 1)
+        nearest = _nearest_glyph(out, [glyphs[n] for n in names])  # (200,)
+        assert (nearest == names.index(label)).all(), f"an augmented {label} looks like another"
+        # ... and each copy was changed: the transform is not the identity.
+        assert ((out - image.float()).abs().amax(dim=(1, 2, 3)) > 50).all()
+
+
+def test_refining_augmentation_is_deterministic_from_the_seed() -> None:
+    image = _glyphs()["7"]
+    augment = _augment(**REFINE)
+    first, again = augment(_repeat(image, 16), _gen(11)), augment(_repeat(image, 16), _gen(11))
+    assert torch.equal(first, again)
+    for field in ("scale", "stroke", "elastic"):  # each new draw depends on the seed
+        only = _augment(**{field: REFINE[field]})
+        assert torch.equal(only(_repeat(image, 16), _gen(3)), only(_repeat(image, 16), _gen(3)))
+        assert not torch.allclose(
+            only(_repeat(image, 16), _gen(3)), only(_repeat(image, 16), _gen(4))
+        )
+
+
+def test_settings_without_the_new_changes_draw_as_before() -> None:
+    # The zoo's augmentation (shift, rotation, brightness, contrast) draws 5 numbers per image,
+    # as before scale, stroke and elastic existed, so its runs are unchanged.
+    images = torch.randint(0, 256, (6, 9, 9, 1), dtype=torch.uint8, generator=_gen(7))
+    generator, reference = _gen(1), _gen(1)
+    _augment(translate=2, rotate_deg=8, brightness=0.2, contrast=0.2)(images, generator)
+    torch.rand(6, 5, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_scale_zooms_about_the_centre_by_at_most_scale() -> None:
+    side, centre, offset, scale = 31, 15, 10, 0.2
+    image = torch.zeros(side, side, 1, dtype=torch.uint8)
+    image[centre, centre + offset] = 255
+    out = _augment(scale=scale)(_repeat(image), _gen())
+    rows, cols = _centre_of_mass(out)
+    ratio = (cols - centre) / offset
+    assert (rows - centre).abs().max() < 0.05  # along the line through the centre
+    assert ratio.min() >= 1 - scale - 0.02 and ratio.max() <= 1 + scale + 0.02
+    assert ratio.min() < 1 - 0.8 * scale and ratio.max() > 1 + 0.8 * scale  # both ways
+
+
+def test_stroke_thickens_and_thins_by_at_most_one_3x3_pass() -> None:
+    image = _glyphs()["1"]  # a 3-pixel-wide bar
+    out = _augment(stroke=1.0)(_repeat(image), _gen())[..., 0]  # (B, H, W)
+    x = image.permute(2, 0, 1).float().unsqueeze(0)  # (1, 1, H, W)
+    dilated = torch.nn.functional.max_pool2d(x, 3, 1, 1)[0, 0]
+    eroded = -torch.nn.functional.max_pool2d(-x, 3, 1, 1)[0, 0]
+    assert (out >= eroded - 1e-3).all() and (out <= dilated + 1e-3).all()
+    mass = out.sum(dim=(1, 2)) / image.float().sum()
+    assert mass.max() > 1.5 and mass.min() < 0.5  # thicker and thinner strokes both occur
+    # A stroke change keeps the bar where it was.
+    rows, cols = _centre_of_mass(out.unsqueeze(-1))
+    assert (cols - 13.5).abs().max() < 0.6 and (rows - 13.5).abs().max() < 0.6
+
+
+def test_elastic_moves_a_pixel_at_most_elastic_pixels() -> None:
+    side, centre, pixels = 21, 10, 2.0
+    image = torch.zeros(side, side, 1, dtype=torch.uint8)
+    image[centre, centre] = 255
+    out = _augment(elastic=pixels)(_repeat(image), _gen())
+    rows, cols = _centre_of_mass(out)
+    moved = ((rows - centre) ** 2 + (cols - centre) ** 2).sqrt()
+    assert moved.max() <= pixels * math.sqrt(2) + 1e-3  # at most `pixels` along each axis
+    assert moved.max() > 0.5 * pixels  # and it does move

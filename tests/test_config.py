@@ -102,6 +102,22 @@ def test_load_params_merges_overrides_on_top(tmp_path: Path) -> None:
             r"Input should be greater than or equal to 1 \(got 0\)$",
         ),
         ("mnist.recipe.model.name", "mlpp", "unknown model 'mlpp'; available: .*mlp"),
+        (
+            "mnist.refine.changes.model.width",
+            0,
+            r"^params: mnist\.refine\.changes\.model: args\.width: Input should be greater than "
+            r"or equal to 1 \(got 0\)$",
+        ),
+        (
+            "mnist.refine.changes.optim.augment.stroke",
+            3,
+            r"mnist\.refine\.changes\.optim\.augment\.stroke: Input should be less than or equal",
+        ),
+        (
+            "mnist.refine.search.grid.optim.lr",
+            [-1],
+            r"^params: mnist\.refine\.search\.grid\.optim\.lr: value -1 refused",
+        ),
         ("mnist.search.strategy", "bayes", "mnist.search.strategy"),
         ("mnist.search.grid.model.depth", {"low": 1, "high": 3}, "grid.model.depth: a grid takes"),
         ("mnist.search.space.model.dropout", {"low": 0.5, "high": 0.1}, "low 0.5 exceeds high 0.1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -54,6 +55,7 @@ def tiny_study(
     raw["mnist"]["recipe"]["model"]["args"].update(width=16)
     raw["mnist"]["recipe"]["optim"].update(epochs=2, batch_size=64)
     raw["mnist"]["search"]["grid"]["model"] = {"activation": ["relu", "tanh"], "width": [8, 16]}
+    raw["mnist"]["refine"]["enabled"] = False  # the refining search has a test of its own
     raw["zoo"].update(registered_model_prefix="tiny-zoo", train={"mnist": ["lenet5"]})
     raw["zoo"]["optim"].update(epochs=2, batch_size=64, eval_batch_size=256)
     path = tmp_path / "params.yaml"
@@ -139,6 +141,85 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     links = _flow_run_artifact(flow_run_id, "mlflow-links")
     assert all(f"/runs/{run.info.run_id})" in links for run in runs)
     assert f"/#/models/tiny-mlp/versions/{version.version}) | champion |" in links
+
+
+@pytest.mark.slow
+def test_refining_search_registers_a_second_version_and_the_better_is_champion(
+    tiny_study: Path, tmp_path: Path, prefect_api: None
+) -> None:
+    import flows.tune_mnist as module
+
+    from digits.edges.tracking import CHAMPION_ALIAS
+
+    raw = yaml.safe_load(tiny_study.read_text())
+    raw["mnist"]["refine"] = {
+        "enabled": True,
+        "changes": {
+            "model": {"depth": 2, "width": 24},
+            "optim": {"epochs": 3, "augment": {"translate": 1, "rotate_deg": 5}},
+        },
+        "search": {"strategy": "grid", "grid": {"optim": {"augment": [{}, {"elastic": 1}]}}},
+    }
+    tiny_study.write_text(yaml.safe_dump(raw))
+    summary = module.tune_mnist(*_planned(tiny_study), str(tmp_path / "report"))
+
+    runs = {r.info.run_name: r for r in _runs(tmp_path)}
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    (sweep,) = [r for n, r in runs.items() if n.startswith("sweep-")]
+    (refine,) = [r for n, r in runs.items() if n.startswith("refine-")]
+    (table1_final,) = [r for n, r in runs.items() if n.startswith("final-")]
+    (refined_final,) = [r for n, r in runs.items() if n.startswith("refined-")]
+    # The refining search is nested in the sweep's run, its trials and final fit in its own.
+    parent = "mlflow.parentRunId"
+    assert refine.data.tags[parent] == sweep.info.run_id
+    assert refined_final.data.tags[parent] == refine.info.run_id
+    trial_runs = [
+        r
+        for r in runs.values()
+        if r.data.tags.get(parent) == refine.info.run_id and r.info.run_name.startswith("trial-")
+    ]
+    assert sorted(r.info.run_name.split(" ", 1)[1] for r in trial_runs) == [
+        "augment.elastic=1",
+        "base",
+    ]
+    for run in trial_runs:
+        assert {"fold0/accuracy", "fold1/accuracy", "cv_accuracy"} <= set(run.data.metrics)
+    # Its base is Table 1's best with the changes: the best cell's activation, the new shape.
+    best = summary["best"]
+    assert refined_final.data.params["model.activation"] == best["activation"]
+    assert refined_final.data.params["model.width"] == "24"
+    assert refined_final.data.params["optim.augment.translate"] == "1"
+    chosen = max(trial_runs, key=lambda r: r.data.metrics["cv_accuracy"])
+    assert (
+        refined_final.data.params["optim.augment.elastic"]
+        == chosen.data.params["optim.augment.elastic"]
+    )
+
+    client = MlflowClient()
+    versions = {str(v.version): v for v in client.search_model_versions("name='tiny-mlp'")}
+    assert set(versions) == {"1", "2"}
+    assert summary["model_version"] == "1" and summary["refined_model_version"] == "2"
+    assert versions["1"].run_id == table1_final.info.run_id
+    assert versions["2"].run_id == refined_final.info.run_id
+    assert [versions[v].tags["search"] for v in ("1", "2")] == ["table1", "refine"]
+    # Like with like: both scored on the same test set under the same profile, so the better
+    # test accuracy holds `champion` (a tie stays with the older version).
+    assert versions["1"].tags["test_set"] == versions["2"].tags["test_set"]
+    accuracy = {
+        "1": table1_final.data.metrics["accuracy"],
+        "2": refined_final.data.metrics["accuracy"],
+    }
+    expected = "2" if accuracy["2"] > accuracy["1"] else "1"
+    champion = client.get_model_version_by_alias("tiny-mlp", CHAMPION_ALIAS)
+    assert str(champion.version) == expected
+
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == accuracy["1"]
+    assert metrics["refined"]["test"]["accuracy"] == accuracy["2"]
+    assert metrics["refined"]["best"]["mean_cv_accuracy"] == chosen.data.metrics["cv_accuracy"]
+    assert metrics["refined"]["base"] == metrics["best"]["name"]  # Table 1's best cell
+    refine_csv = (tmp_path / "report" / "refine.csv").read_text().splitlines()
+    assert len(refine_csv) == 3  # header and the two trials
 
 
 @pytest.mark.slow

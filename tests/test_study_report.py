@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from flows.report import write_report
+from flows.report import run_links, write_report
 from tests.test_zoo_report import ROWS
 
 from digits.config import TrackingConfig, load_params
 from digits.edges.tracking import open_tracking_store
 from digits.metrics import confusion_records
+from digits.reports.mnist import refine_table
 from digits.reports.study import read_study, study_markdown
 from digits.reports.zoo import ORIGINAL_TABLE2, write_zoo_report
 
@@ -64,6 +66,44 @@ def test_questions_answered_in_their_own_terms_and_missing_zoo_said(reports: Pat
     assert "![Sign flip of a linear network (Q2)](theory/sign_flip.png)" in text
 
 
+def test_refining_search_and_both_models_reported_beside_table1(reports: Path) -> None:
+    metrics_path = reports / "mnist" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    assert "Beyond Table 1" not in study_markdown(read_study(reports), {}, "No store.", "full")
+    rows = [
+        {
+            "trial": "trial-000 augment.elastic=0",
+            "augment": "translate=2",
+            "fold_accuracies": [0.99, 0.98],
+        },
+        {
+            "trial": "trial-001 augment.elastic=2",
+            "augment": "translate=2 elastic=2",
+            "fold_accuracies": [0.995, 0.993],
+        },
+    ]
+    refine_table(rows).to_csv(reports / "mnist" / "refine.csv", index=False)
+    best = {"name": "relu-w512-d2-lr0.002-bs512-e30-aug", "depth": 2, "width": 512}
+    metrics["refined"] = {
+        "best": {**best, "mean_cv_accuracy": 0.994},
+        "test": {"accuracy": 0.9931, "precision": 0.993, "recall": 0.9929, "f1": 0.9928},
+        "base": metrics["best"]["name"],
+        "augment": "translate=2 elastic=2",
+    }
+    metrics_path.write_text(json.dumps(metrics))
+    text = study_markdown(read_study(reports), {}, "No store.", "full")
+    assert f"started from **{metrics['best']['name']}**" in text
+    # best first, each trial's mean ± std over its folds
+    first = text.index("| trial-001 augment.elastic=2 | translate=2 elastic=2 | 0.9940 ± 0.0014 |")
+    assert first < text.index("| trial-000 augment.elastic=0 | translate=2 | 0.9850 ± 0.0071 |")
+    table1 = metrics["best"]
+    assert (
+        f"| Table 1 best, {table1['name']} | {table1['mean_cv_accuracy']:.4f} | "
+        f"{metrics['test']['accuracy']:.4f} |"
+    ) in text
+    assert f"| refined, {best['name']} | 0.9940 | 0.9931 | 0.9930 | 0.9929 | 0.9928 |" in text
+
+
 def test_a_theory_stage_not_run_is_said_not_a_crash(tmp_path: Path) -> None:
     text = study_markdown(read_study(tmp_path / "nothing"), {}, "No store.", "quick")
     assert text.count("**Not available yet:**") == 5  # Q1, Q2, Q3 and both zoos
@@ -90,12 +130,23 @@ def test_report_names_each_result_with_its_mlflow_run(
     store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
     checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
     theory = store.runs.create_run("theory", "convexity", tags={"profile": params.profile})
-    sweep = store.runs.create_run("mnist", "sweep", tags={"profile": params.profile})
+    flow_run = {"prefect_flow_run_id": "flow-1"}
+    # A refined final fit of an earlier flow run: not this report's.
+    old_refined = store.runs.create_run(
+        "mnist",
+        "refined-relu",
+        tags={"profile": params.profile, "stage": "final", "data_checksum": checksum},
+    )
+    sweep = store.runs.create_run("mnist", "sweep", tags={"profile": params.profile, **flow_run})
     final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
+    final_tags |= flow_run
     final = store.runs.create_run("mnist", "final", tags=final_tags, parent_run_id=sweep)
     other = store.runs.create_run("mnist", "final", tags={**final_tags, "data_checksum": "x"})
+    # The refining search of the same flow run, nested in the sweep; its final fit, newest.
+    refine = store.runs.create_run("mnist", "refine-grid", tags=flow_run, parent_run_id=sweep)
+    refined = store.runs.create_run("mnist", "refined-relu", tags=final_tags, parent_run_id=refine)
     zoo_run = store.runs.create_run("zoo-svhn", "resnet101")
-    for run_id in (theory, sweep, final, other, zoo_run):
+    for run_id in (theory, old_refined, sweep, final, other, refine, refined, zoo_run):
         store.runs.end_run(run_id)
     table = pd.read_csv(reports / "svhn" / "comparison.csv")
     table.loc[table["model"] == "resnet101", "run_id"] = zoo_run
@@ -107,6 +158,13 @@ def test_report_names_each_result_with_its_mlflow_run(
     assert f"[`{final[:12]}`](http://127.0.0.1:5000/#/experiments/{mnist_id}/runs/{final})" in text
     assert f"runs/{sweep})" in text and f"runs/{theory})" in text and f"runs/{zoo_run})" in text
     assert other not in text  # another data set's final run is not this report's
+    # Table 1's final fit is still the one named beside Table 1's results, though the refined
+    # fit is newer; the refined fit and its search are named beside theirs.
+    files = read_study(reports)
+    links, _ = run_links(files, params, "")
+    assert (links["mnist_final"].run_id, links["mnist_sweep"].run_id) == (final, sweep)
+    assert (links["mnist_refined"].run_id, links["mnist_refine"].run_id) == (refined, refine)
+    assert old_refined not in text
     html = paths["html"].read_text()
     assert "<table>" in html and '<img alt="Random starts (Q1)" src="theory/restarts.png"' in html
 

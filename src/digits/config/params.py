@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from digits.config.base import StrictModel
+from digits.config.base import StrictModel, error_message
 from digits.config.recipe import ModelSpec, OptimConfig, Recipe, SearchConfig, check_search
 from digits.errors import DigitsError
 
@@ -124,8 +124,34 @@ class TrackingConfig(StrictModel):
     ui_url: str = "http://127.0.0.1:5000"
 
 
+class RecipeChanges(StrictModel):
+    """Settings changed in a recipe: model arguments under `model`, optimisation under `optim`
+    (`optim.augment` as a mapping of its own fields)."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    optim: dict[str, Any] = Field(default_factory=dict)
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        """`recipe` with these changes (see `Recipe.updated`)."""
+        return recipe.updated({"model": self.model, "optim": self.optim})
+
+
+class RefineConfig(StrictModel):
+    """The second search of the MNIST study, after Table 1.
+
+    Its base is the best Table 1 cell's recipe with `changes` applied (the activation and the
+    optimiser come from Table 1); `search` is cross-validated over it with the same folds, and
+    its best trial is trained on every training image and tested once, like Table 1's best.
+    """
+
+    enabled: bool = False
+    changes: RecipeChanges = Field(default_factory=RecipeChanges)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+
 class MnistConfig(StrictModel):
-    """The dense-network part of the study: a cross-validated search, then one final fit."""
+    """The dense-network part of the study: a cross-validated search (Table 1), its best
+    retrained and tested; then a second search over that recipe (`refine`), its best likewise."""
 
     folds: int = Field(3, ge=2, le=20)
     train_subset: int | None = Field(None, ge=100)
@@ -133,10 +159,24 @@ class MnistConfig(StrictModel):
     recipe: Recipe = Field(default_factory=Recipe)
     search: SearchConfig = Field(default_factory=SearchConfig)
     registered_model: str = Field("mnist-mlp", min_length=1)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
 
     @model_validator(mode="after")
     def _search_fits_recipe(self) -> MnistConfig:
         check_search(self.search, self.recipe)
+        if self.refine.enabled:
+            # Table 1's best is not known yet: the changes and the refined search are checked
+            # on the recipe it starts from, whose model and optimiser are the best's.
+            try:
+                base = self.refine.changes.applied_to(self.recipe)
+            except ValidationError as error:
+                item = error.errors()[0]
+                where = ".".join(str(part) for part in item["loc"])
+                raise ValueError(f"refine.changes.{where}: {error_message(item)}") from None
+            try:
+                check_search(self.refine.search, base)
+            except ValueError as error:
+                raise ValueError(f"refine.{error}") from None
         return self
 
 

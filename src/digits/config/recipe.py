@@ -54,10 +54,21 @@ class AugmentConfig(StrictModel):
     rotate_deg: float = Field(0.0, ge=0, le=45, description="Largest rotation, either way.")
     brightness: float = Field(0.0, ge=0, lt=1, description="Largest relative brightness change.")
     contrast: float = Field(0.0, ge=0, lt=1, description="Largest relative contrast change.")
+    scale: float = Field(0.0, ge=0, lt=1, description="Largest relative zoom, in or out.")
+    stroke: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Largest stroke-thickness change: 1 is a whole 3x3 dilation or erosion.",
+    )
+    elastic: float = Field(
+        0.0, ge=0, le=8, description="Largest displacement of a smooth elastic warp, in pixels."
+    )
 
     @property
     def enabled(self) -> bool:
-        return any((self.translate, self.rotate_deg, self.brightness, self.contrast))
+        changes = (self.translate, self.rotate_deg, self.brightness, self.contrast)
+        return any((*changes, self.scale, self.stroke, self.elastic))
 
 
 class OptimConfig(StrictModel):

@@ -1,13 +1,15 @@
 """The MNIST study's report files: the Table 1 layout, metrics JSON, learning curve and figures.
 
 Everything here is a pure function of results already computed; the flow calls `write_mnist_report`
-once, at the end of a sweep.
+once, at the end: Table 1's search and its best model, and the refining search's (`refine.csv`
+and the `refined` part of `metrics.json`) when it ran.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,57 @@ def tuning_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     if table.empty:
         return table
     return table.sort_values("mean_cv_accuracy", ascending=False, ignore_index=True)
+
+
+def refine_table(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per completed trial of the refining search, best first.
+
+    Args:
+        trials: dicts with `trial`, `name`, the recipe's short names (`activation`, `width`,
+            `depth`, `dropout`, `lr`, `batch_size`, `epochs`, `weight_decay`, `augment`) and
+            `fold_accuracies` (list of floats).
+
+    Returns:
+        Those columns but `fold_accuracies`, then mean_cv_accuracy, std_cv_accuracy and fold_k.
+    """
+    rows = []
+    for trial in trials:
+        folds = np.asarray(trial["fold_accuracies"], dtype=float)
+        row = {key: value for key, value in trial.items() if key != "fold_accuracies"}
+        row["mean_cv_accuracy"] = float(folds.mean())
+        row["std_cv_accuracy"] = float(folds.std(ddof=1)) if len(folds) > 1 else 0.0
+        row |= {f"fold_{k}": float(value) for k, value in enumerate(folds)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("mean_cv_accuracy", ascending=False, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class RefinedModel:
+    """The refining search and its best recipe's final fit, for the report.
+
+    Attributes:
+        table: `refine_table` of the search's trials.
+        best: The chosen trial's name, recipe in short names and mean CV accuracy.
+        test_metrics: Its final model's test-set scores.
+        summary: What the search did (trials, failures, timings).
+    """
+
+    table: pd.DataFrame
+    best: Mapping[str, Any]
+    test_metrics: ClassificationMetrics
+    summary: Mapping[str, Any]
+
+
+def _test_scores(metrics: ClassificationMetrics) -> dict[str, float]:
+    return {
+        "accuracy": metrics.accuracy,
+        "precision": metrics.precision_macro,
+        "recall": metrics.recall_macro,
+        "f1": metrics.f1_macro,
+    }
 
 
 def _comparison_figure(table: pd.DataFrame) -> Figure:
@@ -129,12 +182,16 @@ def write_mnist_report(
     test_metrics: ClassificationMetrics,
     history: Sequence[Mapping[str, float]],
     summary: Mapping[str, Any],
+    refined: RefinedModel | None = None,
 ) -> dict[str, Path]:
     """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`,
-    each file whole or not at all.
+    and refine.csv with `refined`; each file whole or not at all.
 
     `confusion.csv` holds the test confusion matrix as one (actual, predicted) row per image, the
-    form DVC's confusion template plots.
+    form DVC's confusion template plots. The figures, curve and confusion matrix are Table 1's
+    best model's; the refined model's figures are in `metrics.json` under `refined` and its
+    search in `refine.csv`. Without `refined`, a `refine.csv` left by an earlier run is removed,
+    so the files never mix two runs.
 
     Returns:
         The written paths by role.
@@ -149,19 +206,19 @@ def write_mnist_report(
         "comparison": figures / "cv_accuracy.png",
         "confusion": figures / "confusion_matrix.png",
         "curves": figures / "learning_curve.png",
+        "refine": out_dir / "refine.csv",
     }
     write_text_atomic(paths["tuning"], table.to_csv(index=False, float_format="%.5g"))
     write_text_atomic(paths["learning_curve"], pd.DataFrame(history).to_csv(index=False))
     confusion = confusion_records(test_metrics.confusion)
     write_text_atomic(paths["confusion_data"], confusion.to_csv(index=False))
+    if refined is not None:
+        write_text_atomic(paths["refine"], refined.table.to_csv(index=False, float_format="%.5g"))
+    else:
+        paths.pop("refine").unlink(missing_ok=True)
     metrics = {
         "best": dict(best),
-        "test": {
-            "accuracy": test_metrics.accuracy,
-            "precision": test_metrics.precision_macro,
-            "recall": test_metrics.recall_macro,
-            "f1": test_metrics.f1_macro,
-        },
+        "test": _test_scores(test_metrics),
         "original_test_accuracy": ORIGINAL_TEST_ACCURACY,
         "cells_beating_original": int(table["beats_original"].sum()) if len(table) else 0,
         "cells_in_original_table": int(table["original_cv_accuracy"].notna().sum())
@@ -169,6 +226,12 @@ def write_mnist_report(
         else 0,
         **summary,
     }
+    if refined is not None:
+        metrics["refined"] = {
+            "best": dict(refined.best),
+            "test": _test_scores(refined.test_metrics),
+            **refined.summary,
+        }
     write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     for key, figure in (
         ("comparison", _comparison_figure(table)),

@@ -1,7 +1,10 @@
-"""The dense-network study on MNIST (Q3): Table 1 is a search over the MLP's activation × width.
+"""The dense-network study on MNIST (Q3): Table 1 is a search over the MLP's activation × width;
+a second search (`mnist.refine`) then refines the best cell's recipe: augmentation, epochs,
+width, depth, dropout, learning rate.
 
 Training, cross-validation and the final fit are the engine's (`digits.training.recipe`,
-`digits.sweep`); what is particular to this study is how a trial is named and laid out in Table 1.
+`digits.sweep`); what is particular to this study is how a trial is named and laid out in its
+tables.
 """
 
 from __future__ import annotations
@@ -51,6 +54,35 @@ def table1_rows(trials: Iterable[Trial]) -> list[Mapping[str, Any]]:
         {
             "name": cell_name(t.recipe),
             **table1_fields(t.recipe),
+            "fold_accuracies": [t.scores[k] for k in sorted(t.scores)],
+        }
+        for t in trials
+        if t.state == "complete"
+    ]
+
+
+def augment_summary(recipe: Recipe) -> str:
+    """The recipe's augmentation as `translate=2 rotate_deg=10 ...` (its non-zero settings), or
+    `none`."""
+    changes = {k: v for k, v in recipe.optim.augment.model_dump().items() if v}
+    return " ".join(f"{k}={v:g}" for k, v in changes.items()) or "none"
+
+
+def refined_name(recipe: Recipe) -> str:
+    """A refined recipe's name: its cell name, with `-aug` when it augments its training images."""
+    return f"{cell_name(recipe)}{'-aug' if recipe.optim.augment.enabled else ''}"
+
+
+def refine_rows(trials: Iterable[Trial]) -> list[Mapping[str, Any]]:
+    """The completed trials of the refining search, as `digits.reports.mnist.refine_table` takes
+    them: each trial's searched values, its whole recipe in short names, its fold accuracies."""
+    return [
+        {
+            "trial": t.name,
+            "name": refined_name(t.recipe),
+            **table1_fields(t.recipe),
+            "weight_decay": t.recipe.optim.weight_decay,
+            "augment": augment_summary(t.recipe),
             "fold_accuracies": [t.scores[k] for k in sorted(t.scores)],
         }
         for t in trials

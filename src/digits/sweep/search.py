@@ -111,12 +111,20 @@ def make_study(
     )
 
 
+def _named(key: str, value: Any) -> list[str]:
+    if isinstance(value, dict):  # a nested setting (`optim.augment`): each field by its path
+        return [part for k, v in value.items() for part in _named(f"{key}.{k}", v)]
+    return [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"]
+
+
 def describe(values: Values) -> str:
-    """A short, stable name for searched values: `activation=relu width=32 lr=0.003`."""
+    """A short, stable name for searched values: `activation=relu width=32 lr=0.003`, with a
+    nested setting's fields by their path (`augment.elastic=2`)."""
     parts = [
-        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        named
         for part in ("model", "optim")
         for key, value in values.get(part, {}).items()
+        for named in _named(key, value)
     ]
     return " ".join(parts) or "base"
 
