@@ -16,7 +16,9 @@ from prefect.artifacts import create_table_artifact
 
 from digits.config import Params
 from digits.edges.dask_runner import Placement
+from digits.models import model_entry
 from digits.reports.mnist import tuning_table, write_mnist_report
+from digits.reports.robustness import RobustnessRecord
 from digits.studies.mnist_mlp import cell_name, table1_fields, table1_rows
 from digits.sweep import SweepOutcome
 from flows.engine import Engine
@@ -101,13 +103,27 @@ def tune_mnist(
             **table1_fields(best.recipe),
             "mean_cv_accuracy": best.mean_score(),
         }
+        spec = best.recipe.model
+        robustness = RobustnessRecord(
+            cell_name(best.recipe),
+            spec.name,
+            model_entry(spec.name).depth(spec.args),
+            run_id,
+            final.robustness,
+        )
         paths = write_mnist_report(
-            Path(report_dir), table, best_summary, final.metrics, final.history, summary
+            Path(report_dir),
+            table,
+            best_summary,
+            final.metrics,
+            final.history,
+            summary,
+            [robustness],
         )
         engine.tracking.runs.log_dict(
             final.metrics.report, "classification_report.json", run_id=run_id
         )
-        for key in ("tuning", "metrics", "confusion", "comparison", "curves"):
+        for key in ("tuning", "metrics", "confusion", "comparison", "curves", "robustness_figure"):
             engine.tracking.runs.log_artifact(paths[key], artifact_path="report", run_id=run_id)
         version, promoted = engine.register(
             run_id,

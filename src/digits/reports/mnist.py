@@ -17,6 +17,11 @@ from matplotlib.figure import Figure
 
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import ClassificationMetrics, confusion_matrix_figure, confusion_records
+from digits.reports.robustness import (
+    RobustnessRecord,
+    robustness_frame,
+    write_robustness_report,
+)
 
 # Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
 ORIGINAL_TABLE1: dict[tuple[str, int], float] = {
@@ -129,12 +134,15 @@ def write_mnist_report(
     test_metrics: ClassificationMetrics,
     history: Sequence[Mapping[str, float]],
     summary: Mapping[str, Any],
+    robustness: Sequence[RobustnessRecord] = (),
 ) -> dict[str, Path]:
     """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`,
     each file whole or not at all.
 
     `confusion.csv` holds the test confusion matrix as one (actual, predicted) row per image, the
-    form DVC's confusion template plots.
+    form DVC's confusion template plots. With `robustness` (one record per registered model),
+    also robustness.csv (`digits.reports.robustness.robustness_frame`, what REPORT.md reads),
+    robustness.md and figures/robustness.png, and each model's scores in metrics.json.
 
     Returns:
         The written paths by role.
@@ -169,6 +177,14 @@ def write_mnist_report(
         else 0,
         **summary,
     }
+    if robustness:
+        metrics["robustness"] = {record.model: dict(record.scores) for record in robustness}
+        paths["robustness_data"] = out_dir / "robustness.csv"
+        frame = robustness_frame(robustness)
+        write_text_atomic(paths["robustness_data"], frame.to_csv(index=False, float_format="%.6g"))
+        scores = {record.model: record.scores for record in robustness}
+        written = write_robustness_report(scores, out_dir, "MNIST: accuracy on changed test sets")
+        paths |= {"robustness": written["table"], "robustness_figure": written["figure"]}
     write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     for key, figure in (
         ("comparison", _comparison_figure(table)),

@@ -35,6 +35,7 @@ class StudyFiles:
     theory: dict[str, Any] | None = None
     mnist: dict[str, Any] | None = None
     tuning: pd.DataFrame | None = None
+    mnist_robustness: pd.DataFrame | None = None
     zoo: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     zoo_meta: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     validation: dict[str, dict[str, Any] | None] = field(default_factory=dict)
@@ -64,6 +65,7 @@ def read_study(root: Path) -> StudyFiles:
     files.theory = _json(root / "theory" / "results.json")
     files.mnist = _json(root / "mnist" / "metrics.json")
     files.tuning = _csv(root / "mnist" / "tuning.csv")
+    files.mnist_robustness = _csv(root / "mnist" / "robustness.csv")
     for dataset in ZOO_DATASETS:
         files.zoo[dataset] = _csv(root / dataset / "comparison.csv")
         files.zoo_meta[dataset] = _json(root / dataset / "zoo" / "metrics.json")
