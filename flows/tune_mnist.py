@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import Params
+from digits.config import Params, Recipe
 from digits.edges.dask_runner import Placement
 from digits.models import model_entry
 from digits.reports.mnist import tuning_table, write_mnist_report
@@ -65,6 +66,15 @@ def _summary(params: Params, outcome: SweepOutcome, data: DataRef, checksum: str
     }
 
 
+def _robustness_record(
+    recipe: Recipe, run_id: str, scores: Mapping[str, float]
+) -> RobustnessRecord:
+    """A final model's robustness scores as reports/mnist/robustness.csv lists them."""
+    spec = recipe.model
+    depth = model_entry(spec.name).depth(spec.args)
+    return RobustnessRecord(cell_name(recipe), spec.name, depth, run_id, scores)
+
+
 @flow(name="tune-mnist")
 def tune_mnist(
     params: Params, placement: Placement, report_dir: str = str(REPORT_DIR)
@@ -103,22 +113,9 @@ def tune_mnist(
             **table1_fields(best.recipe),
             "mean_cv_accuracy": best.mean_score(),
         }
-        spec = best.recipe.model
-        robustness = RobustnessRecord(
-            cell_name(best.recipe),
-            spec.name,
-            model_entry(spec.name).depth(spec.args),
-            run_id,
-            final.robustness,
-        )
+        robustness = [_robustness_record(best.recipe, run_id, final.robustness)]
         paths = write_mnist_report(
-            Path(report_dir),
-            table,
-            best_summary,
-            final.metrics,
-            final.history,
-            summary,
-            [robustness],
+            Path(report_dir), table, best_summary, final.metrics, final.history, summary, robustness
         )
         engine.tracking.runs.log_dict(
             final.metrics.report, "classification_report.json", run_id=run_id
