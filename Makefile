@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
+.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-robustness ui prefect-ui clean
 
 setup: $(VENV)/.installed node_modules/.package-lock.json
 
@@ -76,6 +76,9 @@ bench: setup  ## orchestration cost alone, then the sweep: flow against a plain 
 
 bench-zoo: setup  ## zoo throughput and the train_zoo flow against a plain loop; e.g. ARGS="--device cuda --dataset svhn --models lenet5,resnet18"
 	$(BIN)/python benchmarks/bench_zoo.py --stage $(ARGS)
+
+bench-robustness: setup  ## what scoring the changed test sets adds to a final fit; e.g. ARGS="--threads 2 --repeats 3"
+	$(BIN)/python benchmarks/bench_robustness.py $(ARGS)
 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)

@@ -7,7 +7,8 @@
 * `Engine`: one study's flow run: provenance, the MLflow experiment, the progress feed; `sweep`
   runs `digits.sweep.SweepDriver` with the two adapters over a `SweepStore` keyed on what the
   sweep's results depend on; `start_final` / `wait_final` / `record_final` train a recipe on all
-  training images and score the test set once; `register` registers and promotes the model.
+  training images, score the test set once and its changed copies (`digits.robustness`) and
+  record them in the model's run; `register` registers and promotes the model.
 
 `flows.main` holds what every flow shares without the engine (argv, provenance, links).
 """
@@ -342,7 +343,7 @@ class Engine:
         return out
 
     def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:
-        """The test scores and the rest of a final fit, into its run."""
+        """The test scores, the robustness scores and the rest of a final fit, into its run."""
         metrics = result.metrics
         self.tracking.runs.log_run_metrics(
             run_id,
@@ -356,6 +357,10 @@ class Engine:
                 "parameters": result.parameters,
                 "train_seconds": result.train_seconds,
                 "images_per_second": result.images_per_second,
+                # One name per changed test set, the same for every model of a data set, so
+                # MLflow's compare view lines the models up.
+                **result.robustness,
+                "robustness_seconds": result.robustness_seconds,
                 **extra,
             },
             step=len(result.history),

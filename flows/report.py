@@ -17,8 +17,16 @@ from digits.config import Params, load_params
 from digits.edges.exits import run_or_exit
 from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
 from digits.errors import DigitsError
-from digits.files import write_text_atomic
-from digits.reports.study import RunLink, StudyFiles, read_study, study_html, study_markdown
+from digits.files import save_figure_atomic, write_text_atomic
+from digits.reports.study import (
+    ROBUSTNESS_FIGURE,
+    RunLink,
+    StudyFiles,
+    read_study,
+    study_html,
+    study_markdown,
+    study_robustness_figure,
+)
 
 REPORTS = Path("reports")
 MLFLOW_UI = "http://127.0.0.1:5000"
@@ -46,9 +54,10 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
             tags["data_checksum"] = str(files.mnist["data_checksum"])
         for key, run_id, experiment_id in _mnist_runs(store, tags):
             links[key] = link(run_id, experiment_id)
+    tables = [*files.zoo.values(), files.mnist_robustness]
     zoo_ids = [
         str(run_id)
-        for table in files.zoo.values()
+        for table in tables
         if table is not None and "run_id" in table
         for run_id in table["run_id"].dropna()
     ]
@@ -101,11 +110,18 @@ def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str
 def write_report(
     params: Params, reports: Path = REPORTS, ui: str = MLFLOW_UI
 ) -> Mapping[str, Path]:
-    """Write REPORT.md and REPORT.html under `reports`; returns their paths."""
+    """Write REPORT.md, REPORT.html and the robustness figure under `reports`; returns their
+    paths."""
     files = read_study(reports)
     links, note = run_links(files, params, ui)
+    paths = {
+        "markdown": reports / "REPORT.md",
+        "html": reports / "REPORT.html",
+        "robustness": reports / ROBUSTNESS_FIGURE,
+    }
+    # Before the text, which shows the figure only when its file is there.
+    save_figure_atomic(study_robustness_figure(files), paths["robustness"], dpi=120)
     text = study_markdown(files, links, note, params.profile)
-    paths = {"markdown": reports / "REPORT.md", "html": reports / "REPORT.html"}
     write_text_atomic(paths["markdown"], text)
     write_text_atomic(paths["html"], study_html(text))
     return paths

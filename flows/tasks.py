@@ -2,7 +2,8 @@
 
 * `train_fold` / `train_final`: one call into `digits.training.recipe` each, retried unless the
   failure is deterministic (a diverged loss, a full disk), resuming from their last epoch
-  checkpoint when retried;
+  checkpoint when retried; `train_final` also scores the model on the changed test sets of
+  `digits.robustness`, where the model and the test images already are;
 * `train_pack`: the fits that share a worker trained together (`digits.training.packed`), one
   outcome per fit;
 * `DataRef`: what a worker needs to load the arrays the flow sees; `Progress`: where a task's
@@ -37,6 +38,7 @@ from digits.edges.interrupts import TaskInterrupted, interrupt_pending
 from digits.edges.progress import publish_progress
 from digits.edges.services import current_project
 from digits.errors import TrainingDiverged
+from digits.robustness import with_robustness
 from digits.training.loop import EpochStats, select_device
 from digits.training.packed import PackedFit, StopTrial, evaluate_folds_packed
 from digits.training.recipe import FinalResult, FoldResult, evaluate_fold, fit_final
@@ -166,20 +168,33 @@ def train_fold(
 def train_final(
     data: DataRef, recipe: Recipe, seed: int, compute: ComputeConfig, progress: Progress
 ) -> FinalResult:
-    """Train a recipe on every training image and score the test set once."""
+    """Train a recipe on every training image, score the test set once and its changed copies."""
     configure_worker_threads(compute)
     arrays = data.load()
-    return fit_final(
+    device = select_device(compute.device)
+    result = fit_final(
         recipe,
         arrays.train_images,
         arrays.train_labels,
         arrays.test_images,
         arrays.test_labels,
         seed,
-        select_device(compute.device),
+        device,
         checkpoint=_checkpoint(compute, data, recipe.model_dump_json(), "final", seed),
         on_epoch=progress.callback(),
     )
+    # Here rather than in a task of its own: the model and the test images are in this worker,
+    # and a second task would ship the model back out to score it.
+    result = with_robustness(
+        result, arrays.test_images, arrays.test_labels, data.dataset, seed, device
+    )
+    get_run_logger().info(
+        "%s robustness: %d changed test sets scored in %.1f s",
+        progress.label,
+        len(result.robustness) - 1,  # less the unchanged set
+        result.robustness_seconds,
+    )
+    return result
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from digits.config import Params
+from digits.config import Params, Recipe
 from digits.edges.dask_runner import Placement
+from digits.models import model_entry
 from digits.reports.mnist import RefinedModel, refine_table, tuning_table, write_mnist_report
+from digits.reports.robustness import RobustnessRecord
 from digits.studies.mnist_mlp import (
     augment_summary,
     cell_name,
@@ -171,6 +174,16 @@ def _refined_model(refining: Refining, final: FinalResult, table1_best: Trial) -
     return RefinedModel(refining.table, best_summary, final.metrics, summary)
 
 
+def _robustness_record(
+    recipe: Recipe, run_id: str, scores: Mapping[str, float]
+) -> RobustnessRecord:
+    """A final model's robustness scores as reports/mnist/robustness.csv lists them (named as
+    `refined_name` names it, so the refined model's row stands apart from Table 1's)."""
+    spec = recipe.model
+    depth = model_entry(spec.name).depth(spec.args)
+    return RobustnessRecord(refined_name(recipe), spec.name, depth, run_id, scores)
+
+
 @flow(name="tune-mnist")
 def tune_mnist(
     params: Params, placement: Placement, report_dir: str = str(REPORT_DIR)
@@ -203,11 +216,17 @@ def tune_mnist(
             refining = _start_refining(engine, params, best)
         final, version, _ = _finish(engine, params, best, future, run_id, "table1")
         refined = None
+        robustness = [_robustness_record(best.recipe, run_id, final.robustness)]
         if refining is not None:
             refined_final, refined_version, _ = _finish(
                 engine, params, refining.outcome.best, refining.future, refining.run_id, "refine"
             )
             refined = _refined_model(refining, refined_final, best)
+            robustness.append(
+                _robustness_record(
+                    refining.outcome.best.recipe, refining.run_id, refined_final.robustness
+                )
+            )
         paths = write_mnist_report(
             Path(report_dir),
             table,
@@ -215,9 +234,10 @@ def tune_mnist(
             final.metrics,
             final.history,
             _summary(params, outcome, data, engine.checksum),
-            refined,
+            refined=refined,
+            robustness=robustness,
         )
-        for key in ("tuning", "metrics", "confusion", "comparison", "curves"):
+        for key in ("tuning", "metrics", "confusion", "comparison", "curves", "robustness_figure"):
             engine.tracking.runs.log_artifact(paths[key], artifact_path="report", run_id=run_id)
     engine.close()
     engine.logger.info("tune-mnist done in %.0f s", time.perf_counter() - started)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from digits.config import DataConfig
 from digits.data import arrays, prepare, sources
 from digits.errors import TrainingDiverged
+from digits.robustness import perturbations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,6 +130,14 @@ def test_sweep_on_dask_workers_records_every_trial_and_registers(
     assert {"accuracy", "precision", "recall", "f1"} <= set(final.data.metrics)
     version = MlflowClient().get_model_version("tiny-mlp", summary["model_version"])
     assert version.run_id == final.info.run_id
+    # Robustness reaches the registered version's run and the report, one metric per change.
+    robust = {k: v for k, v in final.data.metrics.items() if k.startswith("robust/")}
+    assert sorted(robust) == sorted(p.metric for p in perturbations("mnist"))
+    assert robust["robust/clean"] == final.data.metrics["accuracy"]  # the same test set
+    assert final.data.metrics["robustness_seconds"] > 0
+    written = pd.read_csv(tmp_path / "report" / "robustness.csv").iloc[0]
+    assert written["run_id"] == final.info.run_id
+    assert {m: written[m] for m in robust} == pytest.approx(robust, abs=1e-6)
     assert {"data_checksum", "git_commit", "params"} <= set(version.tags)
     assert version.tags["data_checksum"] == arrays.prepared_checksum(
         "mnist", load_params(tiny_study).data.root
@@ -337,6 +347,12 @@ def test_zoo_flow_searches_trains_registers_and_compares(
     assert version.tags["architecture"] == "lenet5"
     table = (tmp_path / "zoo" / "comparison.csv").read_text().splitlines()
     assert len(table) == 2 and table[1].startswith("lenet5")
+    # Robustness reaches the registered version's run and the comparison table.
+    robust = {k: v for k, v in lenet.data.metrics.items() if k.startswith("robust/")}
+    assert sorted(robust) == sorted(p.metric for p in perturbations("mnist"))
+    assert robust["robust/clean"] == lenet.data.metrics["accuracy"]  # the same test set
+    row = pd.read_csv(tmp_path / "zoo" / "comparison.csv").iloc[0]
+    assert {m: row[m] for m in robust} == pytest.approx(robust, abs=1e-6)
 
 
 @pytest.mark.slow

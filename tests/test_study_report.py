@@ -106,7 +106,7 @@ def test_refining_search_and_both_models_reported_beside_table1(reports: Path) -
 
 def test_a_theory_stage_not_run_is_said_not_a_crash(tmp_path: Path) -> None:
     text = study_markdown(read_study(tmp_path / "nothing"), {}, "No store.", "quick")
-    assert text.count("**Not available yet:**") == 5  # Q1, Q2, Q3 and both zoos
+    assert text.count("**Not available yet:**") == 6  # Q1, Q2, Q3, both zoos, robustness
     assert "`reports/theory/results.json` is missing; run `dvc repro theory`" in text
 
 

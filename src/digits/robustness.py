@@ -32,16 +32,18 @@ and adding a perturbation does not change the others' draws.
 Metric names are `robust/<name>` (`ROBUST_PREFIX`); they depend on the data set only, so every
 model of a study logs the same keys.
 
-A study scores its final model with `robustness_scores(result.model, test_images, test_labels,
-dataset, seed, device)` after `digits.training.recipe.fit_final`, logs the returned mapping as
-metrics, and hands the mappings of its models to `digits.reports.robustness`.
+Every final fit is scored the same way, by the task that trained it (`flows.tasks.train_final`):
+`with_robustness(result, test_images, test_labels, dataset, seed, device)` after
+`digits.training.recipe.fit_final` returns the result with its scores, which the engine logs into
+the model's run and the studies' reports show (`digits.reports.robustness`).
 """
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from digits.training.loop import evaluate
+from digits.training.recipe import FinalResult
 
 ROBUST_PREFIX = "robust/"
 CHUNK = 2048
@@ -300,3 +303,26 @@ def robustness_scores(
         model.to(home.pop())
     count = max(int(targets.shape[0]), 1)
     return {metric: int(hits) / count for metric, hits in correct.items()}  # one sync per metric
+
+
+def with_robustness(
+    result: FinalResult,
+    images: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    dataset: str,
+    seed: int,
+    device: torch.device,
+) -> FinalResult:
+    """`result` with its model's `robustness_scores` on the test set and the seconds they took.
+
+    Args:
+        result: A final fit (`digits.training.recipe.fit_final`); its model stays on the CPU.
+        images: (N, H, W, C) or (N, H, W) uint8 test images, the ones `result` was scored on.
+        labels: (N,) int labels.
+        dataset: "mnist" or "svhn".
+        seed: The run's seed: fixes the changed images.
+        device: Where to transform and score (the device the model was trained on).
+    """
+    started = time.perf_counter()
+    scores = robustness_scores(result.model, images, labels, dataset, seed, device)
+    return replace(result, robustness=scores, robustness_seconds=time.perf_counter() - started)

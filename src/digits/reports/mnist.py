@@ -19,6 +19,11 @@ from matplotlib.figure import Figure
 
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import ClassificationMetrics, confusion_matrix_figure, confusion_records
+from digits.reports.robustness import (
+    RobustnessRecord,
+    robustness_frame,
+    write_robustness_report,
+)
 
 # Mean CV accuracy per (activation, width) reported by the study this project improves on (Table 1).
 ORIGINAL_TABLE1: dict[tuple[str, int], float] = {
@@ -182,7 +187,9 @@ def write_mnist_report(
     test_metrics: ClassificationMetrics,
     history: Sequence[Mapping[str, float]],
     summary: Mapping[str, Any],
+    *,
     refined: RefinedModel | None = None,
+    robustness: Sequence[RobustnessRecord] = (),
 ) -> dict[str, Path]:
     """Write tuning.csv, metrics.json, learning_curve.csv, confusion.csv and figures/ in `out_dir`,
     and refine.csv with `refined`; each file whole or not at all.
@@ -191,7 +198,9 @@ def write_mnist_report(
     form DVC's confusion template plots. The figures, curve and confusion matrix are Table 1's
     best model's; the refined model's figures are in `metrics.json` under `refined` and its
     search in `refine.csv`. Without `refined`, a `refine.csv` left by an earlier run is removed,
-    so the files never mix two runs.
+    so the files never mix two runs. With `robustness` (one record per registered model),
+    also robustness.csv (`digits.reports.robustness.robustness_frame`, what REPORT.md reads),
+    robustness.md and figures/robustness.png, and each model's scores in metrics.json.
 
     Returns:
         The written paths by role.
@@ -232,6 +241,14 @@ def write_mnist_report(
             "test": _test_scores(refined.test_metrics),
             **refined.summary,
         }
+    if robustness:
+        metrics["robustness"] = {record.model: dict(record.scores) for record in robustness}
+        paths["robustness_data"] = out_dir / "robustness.csv"
+        frame = robustness_frame(robustness)
+        write_text_atomic(paths["robustness_data"], frame.to_csv(index=False, float_format="%.6g"))
+        scores = {record.model: record.scores for record in robustness}
+        written = write_robustness_report(scores, out_dir, "MNIST: accuracy on changed test sets")
+        paths |= {"robustness": written["table"], "robustness_figure": written["figure"]}
     write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     for key, figure in (
         ("comparison", _comparison_figure(table)),

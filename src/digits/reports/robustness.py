@@ -2,24 +2,103 @@
 
 Both are pure functions of the scores `digits.robustness.robustness_scores` returns, one mapping
 per model; `write_robustness_report` writes them, each file whole or not at all.
+`robustness_frame` / `robustness_records` are the CSV form a stage leaves for `REPORT.md` (one row
+per registered model, one `robust/<name>` column per changed test set); `mean_changed_accuracy`
+sums a model's scores up in one number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from digits.files import save_figure_atomic, write_text_atomic
-from digits.robustness import CLEAN, FAMILIES, Perturbation, perturbations
+from digits.robustness import CLEAN, FAMILIES, ROBUST_PREFIX, Perturbation, perturbations
 
 RobustnessScores = Mapping[str, Mapping[str, float]]
 """{model name: {`robust/<name>` metric: accuracy}}, as `robustness_scores` returns per model."""
 
 # MNIST's list holds every perturbation (SVHN's lacks only `invert`).
 _BY_METRIC = {p.metric: p for p in perturbations("mnist")}
+
+
+@dataclass(frozen=True)
+class RobustnessRecord:
+    """One registered model's robustness, as a report lists it.
+
+    Attributes:
+        model: The model's label in its study (a zoo label, an MNIST cell name).
+        architecture: The registered architecture it builds ("mlp", "lenet5", ...).
+        weight_layers: Weight layers on its longest path (`ModelEntry.depth`); None if unknown.
+        run_id: The MLflow run that holds its metrics.
+        scores: {`robust/<name>`: accuracy}, as `robustness_scores` returns.
+    """
+
+    model: str
+    architecture: str
+    weight_layers: int | None
+    run_id: str
+    scores: Mapping[str, float]
+
+
+RECORD_COLUMNS = ["model", "architecture", "weight_layers", "run_id"]
+
+
+def robustness_frame(records: Sequence[RobustnessRecord]) -> pd.DataFrame:
+    """One row per model: `RECORD_COLUMNS`, then one `robust/<name>` column per perturbation
+    (in `perturbations` order; NaN where a model was not scored on it)."""
+    columns = [p.metric for p in scored_perturbations({r.model: r.scores for r in records})]
+    rows = [
+        {
+            "model": r.model,
+            "architecture": r.architecture,
+            "weight_layers": r.weight_layers,
+            "run_id": r.run_id,
+            **{metric: r.scores.get(metric, np.nan) for metric in columns},
+        }
+        for r in records
+    ]
+    table = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, *columns])
+    table["weight_layers"] = table["weight_layers"].astype("Int64")  # ints, blank when unknown
+    return table
+
+
+def scores_in(record: Mapping[str, object]) -> dict[str, float]:
+    """The `robust/<name>` entries of a table row that hold a number."""
+    return {
+        key: float(value)  # type: ignore[arg-type]
+        for key, value in record.items()
+        if key.startswith(ROBUST_PREFIX) and not pd.isna(value)
+    }
+
+
+def robustness_records(table: pd.DataFrame) -> list[RobustnessRecord]:
+    """The rows of a `robustness_frame` (read back from CSV) as records."""
+    records = []
+    for row in table.to_dict(orient="records"):
+        layers = row.get("weight_layers")
+        records.append(
+            RobustnessRecord(
+                model=str(row["model"]),
+                architecture=str(row.get("architecture", "")),
+                weight_layers=None if pd.isna(layers) else int(layers),
+                run_id="" if pd.isna(row.get("run_id")) else str(row.get("run_id")),
+                scores=scores_in({str(k): v for k, v in row.items()}),
+            )
+        )
+    return records
+
+
+def mean_changed_accuracy(scores: Mapping[str, float]) -> float:
+    """Mean accuracy over a model's changed test sets (every perturbation but `clean`); NaN
+    when it has none."""
+    changed = [value for metric, value in scores.items() if metric != CLEAN.metric]
+    return float(np.mean(changed)) if changed else float("nan")
 
 
 def scored_perturbations(scores: RobustnessScores) -> list[Perturbation]:

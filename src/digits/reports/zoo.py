@@ -19,6 +19,7 @@ import pandas as pd
 
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import confusion_records
+from digits.reports.robustness import robustness_table, scored_perturbations
 from digits.reports.zoo_figures import zoo_figures
 from digits.studies.svhn_zoo import (
     ORIGINAL_TABLE2,
@@ -70,8 +71,10 @@ def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
         Columns `COLUMNS`: model (the label), architecture, the four test scores, parameters,
         train_accuracy, gap (train - test accuracy), train_seconds, images_per_second, epochs,
         pretrained, image_size (float, NaN where the model has none), stem (only
-        when some model has one), run_id, registered.
+        when some model has one), run_id, registered; then one `robust/<name>` column per
+        changed test set any model was scored on (`digits.robustness`; NaN where one was not).
     """
+    robust = [p.metric for p in scored_perturbations({r.label: r.robustness for r in rows})]
     records = []
     for row in rows:
         records.append(
@@ -93,9 +96,10 @@ def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
                 "stem": row.args.get("stem", ""),
                 "run_id": row.run_id,
                 "registered": row.registered,
+                **{metric: row.robustness.get(metric, np.nan) for metric in robust},
             }
         )
-    table = pd.DataFrame(records, columns=COLUMNS)
+    table = pd.DataFrame(records, columns=[*COLUMNS, *robust])
     if not (table["stem"] != "").any():
         table = table.drop(columns="stem")
     return table.sort_values(
@@ -256,6 +260,16 @@ def zoo_markdown(
     ]
     if dataset == "svhn":
         lines += [*_original_table(rows, synthetic, augmentation), ""]
+    robust = {r.label: r.robustness for r in ranked(rows) if r.robustness}
+    if robust:
+        lines += [
+            "### Robustness",
+            "",
+            "Test accuracy on changed copies of the test set (`digits.robustness`); `clean` is "
+            "the test set unchanged.",
+            "",
+            robustness_table(robust),
+        ]
     lines += ["### Figures", ""]
     for caption, path in figures.items():
         lines += [f"![{caption}]({path})", ""]
@@ -301,6 +315,8 @@ def _report_paths(out_dir: Path, rows: Sequence[ZooRow]) -> dict[str, Path]:
         "gap": figures / "gap.png",
         "curves": figures / "learning_curves.png",
     }
+    if any(row.robustness for row in rows):
+        paths["robustness"] = figures / "robustness.png"
     for row in rows:
         paths[f"confusion_{row.label}"] = figures / f"confusion_{_file_stem(row.label)}.png"
     return paths
@@ -407,6 +423,7 @@ def write_zoo_report(
         "Test accuracy vs training time": paths["accuracy_vs_time"],
         "Train vs test accuracy per model": paths["gap"],
         "Learning curves": paths["curves"],
+        **({"Accuracy on changed test sets": paths["robustness"]} if "robustness" in paths else {}),
         **{f"Confusion matrix: {row.label}": paths[f"confusion_{row.label}"] for row in rows},
     }
     relative = {caption: path.relative_to(zoo).as_posix() for caption, path in captions.items()}

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from digits.metrics import confusion_matrix_figure
+from digits.reports.robustness import robustness_figure
 from digits.studies.svhn_zoo import ZooRow, dataset_name
 
 
@@ -62,6 +63,10 @@ def zoo_figures(
             _learning_curves_figure(rows, histories, _title("Learning curves", dataset, synthetic)),
         ),
     ]
+    robust = {row.label: row.robustness for row in rows if row.robustness}
+    if robust:
+        title = _title("Accuracy on changed test sets", dataset, synthetic)
+        rendered.append(("robustness", robustness_figure(robust, title)))
     for row in rows:
         title = _title(f"{row.label} on the test set", dataset, synthetic)
         rendered.append(

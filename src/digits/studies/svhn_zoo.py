@@ -10,7 +10,7 @@ Depth is the registry's fact (`ModelEntry.weight_layers`), not a table kept here
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from digits.errors import DigitsError
@@ -70,6 +70,8 @@ class ZooRow:
         epochs: Epochs trained.
         registered: Registry entry, e.g. "zoo-svhn-resnet18 v3"; "" when not registered.
         run_id: The tracking run that holds its parameters, metrics and artifacts.
+        robustness: Accuracy on changed copies of the test set, {`robust/<name>`: accuracy}
+            (`digits.robustness`); empty when not scored.
     """
 
     label: str
@@ -86,6 +88,7 @@ class ZooRow:
     epochs: int
     registered: str = ""
     run_id: str = ""
+    robustness: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_final(
@@ -113,6 +116,7 @@ class ZooRow:
             epochs=len(result.history),
             registered=registered,
             run_id=run_id,
+            robustness=dict(result.robustness),
         )
 
     @property

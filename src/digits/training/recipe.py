@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,9 @@ class FinalResult:
         parameters: Trainable parameters.
         train_seconds: Wall time of training.
         images_per_second: Training throughput over the whole run.
+        robustness: Accuracy on changed copies of the test set, {`robust/<name>`: accuracy}
+            (`digits.robustness.with_robustness`); empty when not scored.
+        robustness_seconds: Wall time of that scoring.
     """
 
     metrics: ClassificationMetrics
@@ -57,6 +60,8 @@ class FinalResult:
     parameters: int
     train_seconds: float
     images_per_second: float
+    robustness: dict[str, float] = field(default_factory=dict)
+    robustness_seconds: float = 0.0
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,8 @@ run yet is said so, not a crash); `study_markdown` writes `REPORT.md`'s text fro
 and table next to the MLflow run it came from (given by the caller, which reads the tracking
 store); `study_html` renders that text as a standalone page. Pure functions of files and values.
 
-Modules: `files` (reading reports/, markdown pieces), `questions` (Q1-Q3, the data), `zoo` (Q4).
+Modules: `files` (reading reports/, markdown pieces), `questions` (Q1-Q3, the data), `zoo` (Q4),
+`robustness` (every registered model on changed test sets, and Q4's claim judged on them).
 """
 
 from __future__ import annotations
@@ -26,9 +27,23 @@ from digits.reports.study.questions import (
     q3_section,
     validation_section,
 )
+from digits.reports.study.robustness import (
+    ROBUSTNESS_FIGURE,
+    robustness_section,
+    study_robustness_figure,
+)
 from digits.reports.study.zoo import q4_section, zoo_rows
 
-__all__ = ["RunLink", "StudyFiles", "read_study", "study_html", "study_markdown", "zoo_rows"]
+__all__ = [
+    "ROBUSTNESS_FIGURE",
+    "RunLink",
+    "StudyFiles",
+    "read_study",
+    "study_html",
+    "study_markdown",
+    "study_robustness_figure",
+    "zoo_rows",
+]
 
 
 def study_markdown(
@@ -42,7 +57,7 @@ def study_markdown(
     Args:
         files: What the stages wrote (`read_study`).
         links: MLflow runs by key: "theory", "mnist_sweep", "mnist_final", and each zoo row's
-            run id.
+            and robustness row's run id.
         store: One sentence on the MLflow store the runs were looked up in (or its absence).
         profile: The params.yaml profile of this run.
     """
@@ -61,6 +76,7 @@ def study_markdown(
         ),
         *q3_section(files, links, store_note),
         *q4_section(files, links, store_note),
+        *robustness_section(files, links, store_note),
         *validation_section(files),
     ]
     return "\n".join(lines).rstrip() + "\n"

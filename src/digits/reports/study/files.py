@@ -36,6 +36,7 @@ class StudyFiles:
     mnist: dict[str, Any] | None = None
     tuning: pd.DataFrame | None = None
     refine: pd.DataFrame | None = None
+    mnist_robustness: pd.DataFrame | None = None
     zoo: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     zoo_meta: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     validation: dict[str, dict[str, Any] | None] = field(default_factory=dict)
@@ -66,6 +67,7 @@ def read_study(root: Path) -> StudyFiles:
     files.mnist = _json(root / "mnist" / "metrics.json")
     files.tuning = _csv(root / "mnist" / "tuning.csv")
     files.refine = _csv(root / "mnist" / "refine.csv")
+    files.mnist_robustness = _csv(root / "mnist" / "robustness.csv")
     for dataset in ZOO_DATASETS:
         files.zoo[dataset] = _csv(root / dataset / "comparison.csv")
         files.zoo_meta[dataset] = _json(root / dataset / "zoo" / "metrics.json")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from digits.reports.robustness import scores_in
 from digits.reports.study.files import (
     ZOO_DATASETS,
     RunLink,
@@ -49,6 +50,7 @@ def zoo_rows(table: pd.DataFrame) -> list[ZooRow]:
                 epochs=int(record["epochs"]),
                 registered=str(record.get("registered") or ""),
                 run_id=str(record.get("run_id") or ""),
+                robustness=scores_in({str(key): value for key, value in record.items()}),
             )
         )
     return rows
