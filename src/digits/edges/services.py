@@ -7,6 +7,10 @@ database, the sweep store and the checkpoints are the *project's*, found from ``
 checkout DVC was started in; DVC sets it for every stage) rather than from the working folder.
 DVC's experiment name (``DVC_EXP_NAME``) travels with every run as a tag, so a person goes from
 `dvc exp show` to the MLflow runs and back.
+
+Which services: the local ones (SQLite under `mlruns/`, the project's Prefect server, a local
+Dask cluster) by default; the team's (`digits.edges.team`) with ``DIGITS_SERVICES=team``, which
+reads the client settings file ``.team/client.env``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from digits.errors import DigitsError
 
 DVC_ROOT_ENV = "DVC_ROOT"
 DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
@@ -56,3 +62,67 @@ def current_project() -> Project:
     root = os.environ.get(DVC_ROOT_ENV)
     folder = Path(root) if root and Path(root).is_dir() else Path.cwd()
     return Project(root=folder.resolve(), experiment=os.environ.get(DVC_EXPERIMENT_ENV) or None)
+
+
+SERVICES_ENV = "DIGITS_SERVICES"  # "team": the shared services of .team/client.env; else local
+TEAM_CLIENT_ENV = "DIGITS_TEAM_CLIENT"  # another client settings file than .team/client.env
+TEAM_CLIENT_FILE = ".team/client.env"
+# Settings naming a file: a relative path in the client file is the project's.
+_PATH_SUFFIXES = ("_CA_FILE", "_CERT", "_KEY")
+
+
+def team_client_file(project: Project) -> Path:
+    """The client settings file a checkout uses with ``DIGITS_SERVICES=team``."""
+    return project.path(os.environ.get(TEAM_CLIENT_ENV) or TEAM_CLIENT_FILE).resolve()
+
+
+def read_client_file(path: Path, project: Project) -> dict[str, str]:
+    """The ``NAME=value`` lines of a client settings file (``#`` comments and blanks skipped).
+
+    Raises:
+        DigitsError: the file is missing or has a line that is not ``NAME=value``.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        raise DigitsError(
+            f"{SERVICES_ENV}=team but no client settings at {path}: run make team-up on the "
+            f"services' host, or copy the file `python -m digits.edges.team add-user NAME` made "
+            f"for you there (or unset {SERVICES_ENV} for the local services)"
+        ) from None
+    settings: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise DigitsError(f"{path}:{number}: expected NAME=value, got {line.strip()[:60]!r}")
+        value = value.strip()
+        if name.endswith(_PATH_SUFFIXES) and value and not Path(value).is_absolute():
+            value = str(project.root / value)
+        settings[name.strip()] = value
+    return settings
+
+
+def use_chosen_services(environ: dict[str, str] | None = None) -> str:
+    """Point this process at the services ``DIGITS_SERVICES`` names; returns "team" or "local".
+
+    With ``team``, the client settings file's variables (MLflow URI and credentials, the Prefect
+    API and its auth string, the Dask scheduler and its TLS files) are set in the environment,
+    each unless already set there (so two people may share a checkout with their own
+    credentials). They are environment, not params: switching re-runs no DVC stage. Call before
+    `prefect` or `dask` is imported (both read their settings then).
+
+    Raises:
+        DigitsError: an unknown value, or (team) a missing or malformed client file.
+    """
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    assert environ is not None
+    choice = (environ.get(SERVICES_ENV) or "local").strip().lower()
+    if choice not in ("local", "team"):
+        raise DigitsError(f"{SERVICES_ENV}={choice!r}: use team or local (or leave it unset)")
+    if choice == "team":
+        project = current_project()
+        for name, value in read_client_file(team_client_file(project), project).items():
+            environ.setdefault(name, value)
+    return choice
