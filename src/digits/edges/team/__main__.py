@@ -1,11 +1,11 @@
 """`python -m digits.edges.team up|down|status|add-user NAME|worker|dvc-remote`.
 
-    up           start (or find up) every service; write the admin's .team/client.env
-    down         stop them, in reverse order
-    status       each service: up or down, its address, pid and memory (exit 3 if one is down)
-    add-user N   an MLflow user N; writes .team/users/N.env for them
-    worker       run a Dask worker of the team's scheduler here (--listen-host: this host's address)
-    dvc-remote   make the S3 store this checkout's DVC remote `team` (keys in .dvc/config.local)
+up           start (or find up) every service; write the admin's .team/client.env
+down         stop them, in reverse order
+status       each service: up or down, its address, pid and memory (exit 3 if one is down)
+add-user N   an MLflow user N; writes .team/users/N.env for them
+worker       run a Dask worker of the team's scheduler here (--listen-host: this host's address)
+dvc-remote   make the S3 store this checkout's DVC remote `team` (keys in .dvc/config.local)
 """
 
 from __future__ import annotations
@@ -124,13 +124,24 @@ def status(layout: TeamLayout) -> int:
     return 0 if all_up else 3
 
 
+def worker_settings(layout: TeamLayout, project: Path) -> dict[str, str]:
+    """What a worker's tasks need besides the scheduler: the Prefect API they report to."""
+    from digits.edges.services import current_project, read_client_file
+
+    client = read_client_file(layout.path("client.env"), current_project())
+    wanted = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")
+    return {name: client[name] for name in wanted if name in client}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digits.edges.team", description=__doc__)
     parser.add_argument("--state", default=STATE_DIR, help="state folder (default .team)")
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="start the services")
     start.add_argument("--host", help="address to bind to (default 127.0.0.1)")
-    start.add_argument("--port-base", type=int, help=f"first of 5 ports (default {DEFAULT_PORT_BASE})")
+    start.add_argument(
+        "--port-base", type=int, help=f"first of 5 ports (default {DEFAULT_PORT_BASE})"
+    )
     sub.add_parser("down", help="stop the services")
     sub.add_parser("status", help="say which services are up")
     user = sub.add_parser("add-user", help="add an MLflow user")
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"DVC remote {args.name}: s3://dvc at {layout.s3_url} (dvc push / dvc pull)")
         else:
             command = worker_command(layout, args.listen_host, args.threads)
+            os.environ.update(worker_settings(layout, project))
             os.execv(command[0], command)
         return 0
 

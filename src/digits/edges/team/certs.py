@@ -24,7 +24,7 @@ def cert_paths(certs: Path, role: str) -> tuple[Path, Path]:
 
 
 def ensure_certificates(certs: Path, host: str) -> Path:
-    """Make the CA and the role certificates under `certs` unless they exist; returns the CA file."""
+    """Make the CA and the role certificates under `certs` unless they exist; returns the CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,7 +35,9 @@ def ensure_certificates(certs: Path, host: str) -> Path:
         return ca_file
     now = datetime.datetime.now(datetime.UTC)
 
-    def build(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, ca: bool):  # type: ignore[no-untyped-def]
+    def build(
+        name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, ca: bool
+    ) -> x509.CertificateBuilder:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         return (
             x509.CertificateBuilder()

@@ -83,11 +83,15 @@ def add_user(layout: TeamLayout, secrets_: Secrets, user: str, project: Path) ->
     url = f"{layout.mlflow_url}/api/2.0/mlflow/users/create"
     try:
         status, text = _request(
-            url, (ADMIN_USER, secrets_.mlflow_admin_password), {"username": user, "password": password}
+            url,
+            (ADMIN_USER, secrets_.mlflow_admin_password),
+            {"username": user, "password": password},
         )
     except OSError as error:
-        raise DigitsError(f"the team's MLflow server at {layout.mlflow_url} does not answer "
-                          f"({error}); start the services with make team-up") from None
+        raise DigitsError(
+            f"the team's MLflow server at {layout.mlflow_url} does not answer "
+            f"({error}); start the services with make team-up"
+        ) from None
     if status != 200:
         try:
             detail = str(json.loads(text)["message"]).split(" Error:")[0]
@@ -127,7 +131,9 @@ def check_access(environ: Mapping[str, str]) -> None:
     if prefect_url:
         auth = environ.get("PREFECT_API_AUTH_STRING", "")
         name, _, secret = auth.partition(":")
-        checks.append(("Prefect", f"{prefect_url}/admin/version", (name, secret), "PREFECT_API_AUTH_STRING"))
+        checks.append(
+            ("Prefect", f"{prefect_url}/admin/version", (name, secret), "PREFECT_API_AUTH_STRING")
+        )
     for server, url, credentials, setting in checks:
         try:
             status, _ = _request(url, credentials)
@@ -137,7 +143,8 @@ def check_access(environ: Mapping[str, str]) -> None:
                 "is it up (make team-status where it runs)?"
             ) from None
         if status in (401, 403):
+            who = user if server == "MLflow" else "this client"
             raise DigitsError(
-                f"the team's {server} server refused {user if server == 'MLflow' else 'this client'}"
-                f" (HTTP {status}): check {setting} in .team/client.env"
+                f"the team's {server} server refused {who} (HTTP {status}): check {setting} in "
+                ".team/client.env"
             )

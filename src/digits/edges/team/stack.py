@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from digits.edges.team.certs import cert_paths
 from digits.edges.team.daemons import read_pid, start_daemon, stop_pid, wait_healthy
@@ -188,7 +189,7 @@ def rclone_bin() -> str:
     return found
 
 
-def s3_client(layout: TeamLayout, secrets: Secrets):  # type: ignore[no-untyped-def]
+def s3_client(layout: TeamLayout, secrets: Secrets) -> Any:
     """A boto3 S3 client on the team's store."""
     import boto3
     from botocore.config import Config
@@ -254,12 +255,22 @@ def start_mlflow(layout: TeamLayout, secrets: Secrets) -> int | None:
         "[mlflow]\ndefault_permission = EDIT\n"
         f"database_uri = {auth_db}\nadmin_username = {ADMIN_USER}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = true\n",
+        "grant_default_workspace_access = true\n"
+        # Checking a password costs ~0.75 s of PBKDF2 on this CPU, and a flow makes hundreds of
+        # calls: a checked password is trusted for 30 s (a deleted user keeps access that long).
+        "auth_cache_ttl_seconds = 30\n",
     )
     backend = layout.database_url("psycopg2", "mlflow", secrets.postgres_password)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
     command += ["--artifacts-destination", f"s3://{ARTIFACT_BUCKET}", "--serve-artifacts"]
-    command += ["--app-name", "basic-auth", "--host", layout.host, "--port", str(layout.ports.mlflow)]
+    command += [
+        "--app-name",
+        "basic-auth",
+        "--host",
+        layout.host,
+        "--port",
+        str(layout.ports.mlflow),
+    ]
     command += ["--workers", "2"]
     env = {
         **base_env(),
@@ -348,7 +359,9 @@ def worker_command(layout: TeamLayout, listen_host: str, threads: int = 1) -> li
         threads: Tasks the worker runs at once.
     """
     command = [sys.executable, "-m", "distributed.cli.dask_worker", layout.dask_address]
-    command += [*tls_args(layout, "worker"), "--listen-address", f"tls://{listen_host}:0"]
+    # --host, not --listen-address HOST:0: a worker behind a nanny advertises the latter as is
+    # (port 0), and nobody can fetch its results.
+    command += [*tls_args(layout, "worker"), "--host", listen_host, "--protocol", "tls"]
     command += ["--nthreads", str(threads), "--nworkers", "1", "--no-dashboard"]
     return command
 
@@ -383,9 +396,7 @@ def start_service(layout: TeamLayout, secrets: Secrets, service: Service) -> flo
 
     started = time.monotonic()
     pid = service.start(layout, secrets)
-    wait_healthy(
-        service.name, lambda: service.healthy(layout, secrets), pid, log, START_TIMEOUT_S
-    )
+    wait_healthy(service.name, lambda: service.healthy(layout, secrets), pid, log, START_TIMEOUT_S)
     return time.monotonic() - started
 
 
