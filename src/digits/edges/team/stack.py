@@ -107,8 +107,20 @@ def _psql(layout: TeamLayout, sql: str, database: str = "postgres") -> str:
     return done.stdout.strip()
 
 
+def _check_postgres_reaches(state: Path) -> None:
+    """Refuse a state folder that user postgres (who runs the server) cannot reach."""
+    for folder in [*reversed(state.parents), state]:
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            raise DigitsError(
+                f"PostgreSQL runs as user postgres, who cannot enter {folder}: give it search "
+                f"permission (chmod o+x {folder}) or put the state elsewhere with --state"
+            )
+
+
 def _init_postgres(layout: TeamLayout, secrets: Secrets) -> None:
     data, socket_dir = _postgres_dirs(layout)
+    if os.geteuid() == 0:
+        _check_postgres_reaches(layout.state)
     for folder in (data, socket_dir):
         folder.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
