@@ -58,7 +58,7 @@ class Hosts:
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=self.project,
+            cwd=kwargs.pop("cwd", self.project),
             env={**_env(), **kwargs.pop("env", {})},  # type: ignore[dict-item]
             **kwargs,  # type: ignore[call-overload]
         )
@@ -99,7 +99,20 @@ def _namespaces(tag: str) -> Iterator[tuple[str, tuple[str, ...], str, tuple[str
         worker_ips = []
         for index, worker in enumerate(workers, 1):
             near, far = f"{tag}a{index}", f"{tag}b{index}"
-            _sh("ip", "link", "add", near, "netns", server, "type", "veth", "peer", far, "netns", worker)
+            _sh(
+                "ip",
+                "link",
+                "add",
+                near,
+                "netns",
+                server,
+                "type",
+                "veth",
+                "peer",
+                far,
+                "netns",
+                worker,
+            )
             _sh("ip", "-n", server, "addr", "add", f"10.{subnet}.{index}.1/24", "dev", near)
             _sh("ip", "-n", worker, "addr", "add", f"10.{subnet}.{index}.2/24", "dev", far)
             _sh("ip", "-n", server, "link", "set", near, "up")
@@ -222,6 +235,7 @@ def _tiny_project_once(hosts: Hosts) -> Path:
     params = hosts.project / "params.yaml"
     if not params.is_file():
         from tests.conftest import fixture_resources
+
         from digits.data import synthetic
 
         mirror = hosts.project / "mirror"
@@ -271,3 +285,46 @@ def test_workers_in_other_namespaces_train_and_the_model_reaches_the_team_regist
         if "epoch 1/1" in (team.project / f"worker-{name}.log").read_text(errors="replace")
     ]
     assert trained_on, "no task ran on a worker in another namespace"
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(path.relative_to(root)): hashlib.md5(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_dvc_pushes_and_pulls_raw_and_prepared_data_through_the_team_s3_store(
+    team: Hosts,
+) -> None:
+    _tiny_project_once(team)
+    repo = team.project / "dvc-checkout"
+    repo.mkdir()
+    shutil.copytree(team.project / "data", repo / "data")
+    original = _tree_digest(repo / "data")
+    dvc = [sys.executable, "-m", "dvc"]
+
+    def run(*args: str) -> str:
+        done = team.run(team.server, list(args), cwd=repo)
+        assert done.returncode == 0, f"{args}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    run(*dvc, "add", "-q", "data/raw/mnist", "data/prepared/mnist")
+    state = str(team.project / ".team")
+    run(sys.executable, "-m", "digits.edges.team", "--state", state, "dvc-remote")
+    assert "secret_access_key" not in (repo / ".dvc" / "config").read_text()
+    run(*dvc, "push", "-r", "team")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "raw" / "mnist")
+    shutil.rmtree(repo / "data" / "prepared" / "mnist")
+    run(*dvc, "pull", "-r", "team")
+    pulled = {k: v for k, v in _tree_digest(repo / "data").items() if k in original}
+    assert pulled == original
+    assert any(k.startswith("raw/") for k in pulled) and any(
+        k.startswith("prepared/") for k in pulled
+    )
