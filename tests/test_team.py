@@ -160,9 +160,25 @@ def team() -> Iterator[Hosts]:
             for name, ip in zip(names, worker_ips, strict=True):
                 log = open(project / f"worker-{name}.log", "wb")  # noqa: SIM115 (the worker's)
                 command = [sys.executable, "-m", "digits.edges.team", "worker", "--listen-host", ip]
+                # The worker's host has no copy of the flow's data/: an empty folder is mounted
+                # over it in a mount namespace of the worker's own.
+                hide_data = f"mkdir -p {project / 'data'} && mount -t tmpfs none {project / 'data'}"
+                script = f'{hide_data} && exec "$@"'
                 workers.append(
                     subprocess.Popen(
-                        ["ip", "netns", "exec", name, *command],
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            name,
+                            "unshare",
+                            "-m",
+                            "sh",
+                            "-c",
+                            script,
+                            "sh",
+                            *command,
+                        ],
                         cwd=project,
                         env=_env(),
                         stdout=log,
