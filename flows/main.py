@@ -121,12 +121,10 @@ def check_team_access() -> None:
     """With the team's services, refuse a client they would not let record, before anything runs."""
     import os
 
-    from digits.edges.services import SERVICES_ENV
+    from digits.edges.services import SERVICES_ENV, check_team_access
 
     if (os.environ.get(SERVICES_ENV) or "").strip().lower() == "team":
-        from digits.edges.team.client import check_access
-
-        check_access(os.environ)
+        check_team_access(os.environ)
 
 
 def main(

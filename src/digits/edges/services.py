@@ -15,7 +15,12 @@ reads the client settings file ``.team/client.env``.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +69,7 @@ def current_project() -> Project:
     return Project(root=folder.resolve(), experiment=os.environ.get(DVC_EXPERIMENT_ENV) or None)
 
 
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 SERVICES_ENV = "DIGITS_SERVICES"  # "team": the shared services of .team/client.env; else local
 TEAM_CLIENT_ENV = "DIGITS_TEAM_CLIENT"  # another client settings file than .team/client.env
 TEAM_CLIENT_FILE = ".team/client.env"
@@ -126,3 +132,67 @@ def use_chosen_services(environ: dict[str, str] | None = None) -> str:
         for name, value in read_client_file(team_client_file(project), project).items():
             environ.setdefault(name, value)
     return choice
+
+
+def basic_auth_request(
+    url: str, auth: tuple[str, str] | None, body: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """(HTTP status, body) of a GET (or a POST of `body` as JSON) with basic auth `auth`."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request.add_header("Content-Type", "application/json")
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def check_team_access(environ: Mapping[str, str]) -> None:
+    """Refuse, in one line, a client the team's MLflow or Prefect server would not let record.
+
+    Called before a flow starts, so a refused client writes nothing anywhere.
+
+    Raises:
+        DigitsError: credentials missing or refused, or a server that does not answer.
+    """
+    missing = [name for name in CREDENTIAL_VARS if not environ.get(name)]
+    mlflow_url = environ.get("MLFLOW_TRACKING_URI", "")
+    if missing:
+        raise DigitsError(
+            f"the team's MLflow server {mlflow_url} needs credentials: set {' and '.join(missing)}"
+            " (in .team/client.env, made by `python -m digits.edges.team add-user NAME`)"
+        )
+    user = environ["MLFLOW_TRACKING_USERNAME"]
+    checks = [
+        (
+            "MLflow",
+            f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
+            (user, environ["MLFLOW_TRACKING_PASSWORD"]),
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD",
+        ),
+    ]
+    prefect_url = environ.get("PREFECT_API_URL")
+    if prefect_url:
+        auth = environ.get("PREFECT_API_AUTH_STRING", "")
+        name, _, secret = auth.partition(":")
+        checks.append(
+            ("Prefect", f"{prefect_url}/admin/version", (name, secret), "PREFECT_API_AUTH_STRING")
+        )
+    for server, url, credentials, setting in checks:
+        try:
+            status, _ = basic_auth_request(url, credentials)
+        except OSError as error:
+            raise DigitsError(
+                f"the team's {server} server does not answer at {url.split('/api')[0]} ({error}); "
+                "is it up (make team-status where it runs)?"
+            ) from None
+        if status in (401, 403):
+            who = user if server == "MLflow" else "this client"
+            raise DigitsError(
+                f"the team's {server} server refused {who} (HTTP {status}): check {setting} in "
+                ".team/client.env"
+            )

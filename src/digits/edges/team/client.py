@@ -8,19 +8,15 @@ to put in their checkout's ``.team/client.env`` with the client certificates.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from digits.edges.services import basic_auth_request
 from digits.edges.team.certs import cert_paths
 from digits.edges.team.layout import ADMIN_USER, Secrets, TeamLayout, write_private
 from digits.errors import DigitsError
-
-CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def client_settings(
@@ -55,22 +51,6 @@ def write_client_file(path: Path, settings: Mapping[str, str], who: str) -> None
     write_private(path, "\n".join(lines) + "\n")
 
 
-def _request(
-    url: str, auth: tuple[str, str] | None, body: dict[str, str] | None = None
-) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
-    request.add_header("Content-Type", "application/json")
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-
-
 def add_user(layout: TeamLayout, secrets_: Secrets, user: str, project: Path) -> Path:
     """Create MLflow user `user` with a new password; returns the client file written for them.
 
@@ -82,7 +62,7 @@ def add_user(layout: TeamLayout, secrets_: Secrets, user: str, project: Path) ->
     password = secrets.token_urlsafe(18)
     url = f"{layout.mlflow_url}/api/2.0/mlflow/users/create"
     try:
-        status, text = _request(
+        status, text = basic_auth_request(
             url,
             (ADMIN_USER, secrets_.mlflow_admin_password),
             {"username": user, "password": password},
@@ -101,50 +81,3 @@ def add_user(layout: TeamLayout, secrets_: Secrets, user: str, project: Path) ->
     path = layout.path("users", f"{user}.env")
     write_client_file(path, client_settings(layout, secrets_, user, password, project), user)
     return path
-
-
-def check_access(environ: Mapping[str, str]) -> None:
-    """Refuse, in one line, a client the team's MLflow or Prefect server would not let record.
-
-    Called before a flow starts, so a refused client writes nothing anywhere.
-
-    Raises:
-        DigitsError: credentials missing or refused, or a server that does not answer.
-    """
-    missing = [name for name in CREDENTIAL_VARS if not environ.get(name)]
-    mlflow_url = environ.get("MLFLOW_TRACKING_URI", "")
-    if missing:
-        raise DigitsError(
-            f"the team's MLflow server {mlflow_url} needs credentials: set {' and '.join(missing)}"
-            " (in .team/client.env, made by `python -m digits.edges.team add-user NAME`)"
-        )
-    user = environ["MLFLOW_TRACKING_USERNAME"]
-    checks = [
-        (
-            "MLflow",
-            f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
-            (user, environ["MLFLOW_TRACKING_PASSWORD"]),
-            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD",
-        ),
-    ]
-    prefect_url = environ.get("PREFECT_API_URL")
-    if prefect_url:
-        auth = environ.get("PREFECT_API_AUTH_STRING", "")
-        name, _, secret = auth.partition(":")
-        checks.append(
-            ("Prefect", f"{prefect_url}/admin/version", (name, secret), "PREFECT_API_AUTH_STRING")
-        )
-    for server, url, credentials, setting in checks:
-        try:
-            status, _ = _request(url, credentials)
-        except OSError as error:
-            raise DigitsError(
-                f"the team's {server} server does not answer at {url.split('/api')[0]} ({error}); "
-                "is it up (make team-status where it runs)?"
-            ) from None
-        if status in (401, 403):
-            who = user if server == "MLflow" else "this client"
-            raise DigitsError(
-                f"the team's {server} server refused {who} (HTTP {status}): check {setting} in "
-                ".team/client.env"
-            )
