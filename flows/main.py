@@ -117,7 +117,7 @@ def link_mlflow_records(store: TrackingStore, title: str) -> str | None:
     return str(artifact_id)
 
 
-def check_team_access() -> None:
+def check_services_access() -> None:
     """With the team's services, refuse a client they would not let record, before anything runs."""
     import os
 
@@ -159,7 +159,7 @@ def main(
 
     def run() -> Any:
         params = load_params(args.params)
-        check_team_access()
+        check_services_access()
         most = max_tasks(params, **options) if max_tasks else None
         placement = plan_placement(params.compute, max_tasks=most)
         runner = task_runner(params.compute, placement)
