@@ -32,8 +32,21 @@ node_modules/.package-lock.json: package.json package-lock.json
 study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops only what depends on it)
 	$(BIN)/dvc repro --keep-going
 
-quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
-	$(BIN)/dvc exp run -S profile=quick
+# The quick run is a DVC experiment in a temporary copy of the project: params.yaml, dvc.lock and
+# reports/ stay the full study's. Its results: `dvc exp show` (the experiment QUICK_NAME), the
+# MLflow runs tagged profile=quick and dvc_experiment=QUICK_NAME, and its reports copied from
+# the experiment into reports/quick/QUICK_NAME/ (git-ignored). QUICK_STAGES: a stage and what
+# it needs (e.g. tune_mnist) instead of the whole pipeline.
+QUICK_NAME := quick-$(shell date -u +%Y%m%d-%H%M%S)
+QUICK_STAGES ?=
+
+quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU), the study left alone
+	$(BIN)/dvc exp run --temp --name $(QUICK_NAME) --set-param profile=quick $(QUICK_STAGES)
+	@ref=$$(git for-each-ref --format='%(refname)' 'refs/exps/*/*/$(QUICK_NAME)') && \
+	  test -n "$$ref" && mkdir -p reports/quick/$(QUICK_NAME) && \
+	  git archive "$$ref" reports | tar -x --strip-components=1 \
+	    -C reports/quick/$(QUICK_NAME) && \
+	  echo "quick run $(QUICK_NAME): reports in reports/quick/$(QUICK_NAME)/ (REPORT.md), dvc exp show"
 
 plots: setup  ## dvc_plots/index.html: the plots of dvc.yaml, drawn offline (Vega copied beside the page)
 	$(BIN)/dvc plots show --html-template src/digits/dvc_plots.html

@@ -1,9 +1,23 @@
-"""The fixed cost of a one-model stage with and without the project's Prefect server up.
+"""The fixed cost of a one-model stage, with and without the project's Prefect server up, and where
+its seconds go.
 
 Runs `python -m flows.train_zoo --dataset mnist` (LeNet-5, 1 epoch on 2,000 images) three times in
 a scratch copy of the params: first with no Prefect server (the flow starts the project's), then
 twice with it up (started by the first run, kept up by its idle limit). Fixed cost = the stage's
-wall time minus its training seconds.
+wall time minus its training seconds. The runs are verbose (``DIGITS_VERBOSE=1``); the times of
+their log lines split the fixed cost into:
+
+* start: process start to the flow run's first line (Python and library imports, finding or
+  starting the Prefect server, creating the flow run);
+* cluster: the flow's first line to its placement line (the Dask cluster and its workers,
+  opening the MLflow store);
+* task: the placement line to the training task's end, less its training seconds (submitting
+  the task, the worker loading the arrays, scoring the training and test sets);
+* record: the task's end to the flow run's last line (MLflow metrics, registration, promotion,
+  the report and Prefect artifacts);
+* shutdown: the flow's last line to the process's exit (closing the cluster and its workers).
+
+`imports` is measured apart: `import flows.train_zoo` in a fresh process.
 
     python benchmarks/bench_stage_fixed_cost.py [--params params.yaml]
 """
@@ -11,8 +25,10 @@ wall time minus its training seconds.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,12 +39,46 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Prefect's console lines start with the local time: "22:09:14.449 | INFO    | ..."
+LINE_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \| ")
+EVENTS = {
+    "begin": re.compile(r"Beginning flow run"),
+    "placement": re.compile(r"- placement: "),
+    "task_end": re.compile(r"Task run .* - Finished in state"),
+    "flow_end": re.compile(r"Flow run .* - Finished in state"),
+}
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _event_times(output: str, started: float) -> dict[str, float]:
+    """Seconds from `started` (a time.time()) to the first line of each event in `output`."""
+    midnight = {"hour": 0, "minute": 0, "second": 0, "microsecond": 0}
+    day = datetime.datetime.fromtimestamp(started).replace(**midnight)
+    times: dict[str, float] = {}
+    for line in output.splitlines():
+        match = LINE_TIME.match(line)
+        if not match:
+            continue
+        h, m, s, ms = (int(g) for g in match.groups())
+        at = day.timestamp() + h * 3600 + m * 60 + s + ms / 1000
+        for name, pattern in EVENTS.items():
+            if name not in times and pattern.search(line):
+                times[name] = at - started
+    missing = set(EVENTS) - set(times)
+    if missing:
+        raise SystemExit(f"no {sorted(missing)} line in the flow's output:\n{output[-3000:]}")
+    return times
+
+
+def _import_seconds(env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import flows.train_zoo"], cwd=REPO, env=env, check=True)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -48,9 +98,15 @@ def main() -> None:
             "PREFECT_HOME": str(work / ".prefect"),
             "PREFECT_SERVER_API_PORT": str(_free_port()),
             "DIGITS_PREFECT_IDLE_S": "120",
+            "DIGITS_VERBOSE": "1",
         }
+        print(f"imports (import flows.train_zoo, a fresh process): {_import_seconds(env):.1f} s")
+        print(
+            f"{'':>13}  {'stage':>6} {'train':>6} {'fixed':>6} = {'start':>6} {'cluster':>7} "
+            f"{'task':>6} {'record':>6} {'shut':>6}   (seconds)"
+        )
         for label in ("no server up", "server up", "server up"):
-            started = time.perf_counter()
+            started, clock = time.time(), time.perf_counter()
             done = subprocess.run(
                 [
                     *(sys.executable, "-m", "flows.train_zoo", "--dataset", "mnist"),
@@ -61,16 +117,26 @@ def main() -> None:
                 capture_output=True,
                 text=True,
             )
-            wall = time.perf_counter() - started
+            wall = time.perf_counter() - clock
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-3000:])
+            at = _event_times(done.stdout + done.stderr, started)
             table = json.loads((work / "zoo" / "zoo" / "metrics.json").read_text())
             rows = (work / "zoo" / "comparison.csv").read_text().splitlines()
             header, row = rows[0].split(","), rows[1].split(",")
             train = float(row[header.index("train_seconds")])
+            parts = (
+                at["begin"],
+                at["placement"] - at["begin"],
+                at["task_end"] - at["placement"] - train,
+                at["flow_end"] - at["task_end"],
+                wall - at["flow_end"],
+            )
             print(
-                f"{label:>13}: stage {wall:6.1f} s, training {train:5.1f} s, "
-                f"fixed {wall - train:5.1f} s (test accuracy {table['lenet5']['accuracy']:.4f})"
+                f"{label:>13}: {wall:6.1f} {train:6.1f} {wall - train:6.1f} = "
+                f"{parts[0]:6.1f} {parts[1]:7.1f} {parts[2]:6.1f} {parts[3]:6.1f} {parts[4]:6.1f}"
+                f"   (test accuracy {table['lenet5']['accuracy']:.4f})",
+                flush=True,
             )
         subprocess.run(
             [

@@ -4,7 +4,9 @@ For each zoo model, on the same device in the same run, one pass over the same i
 the same optimiser and batch size:
 
 * **plain**: a hand-written PyTorch loop over float tensors resized and normalised once up front
-  (the fastest simple loop; no augmentation);
+  (the fastest simple loop; no augmentation); in `--stage`, the plain loop augments as the flow
+  does (uint8 on the device, the model's augmentation, then converted per batch), so the ratio
+  measures the flow, not the recipe;
 * **engine**: `digits.training.recipe.train_recipe`, what every flow task runs (uint8 on the device,
   converted, resized and normalised per batch), with augmentation off and with the model's own
   augmentation from params.yaml;
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 from digits.config import Params, Recipe, load_params
 from digits.data.arrays import load_arrays
 from digits.models import build_classifier
+from digits.training.augment import BatchTransform, make_augment
 from digits.training.loop import autocast, select_device
 from digits.training.optim import make_optimizer, make_schedule
 from digits.training.recipe import train_recipe
@@ -103,9 +106,17 @@ def plain_throughput(
     device: torch.device,
     warmup: int,
     epochs: int = 1,
+    augment: bool = False,
 ) -> tuple[float, nn.Module]:
-    """Images/s of a plain loop over inputs converted once (the network alone, no wrapper)."""
+    """Images/s of a plain loop over inputs converted once (the network alone, no wrapper).
+
+    With `augment`, each batch is augmented as the engine does (the recipe's augmentation on the
+    uint8 pixels, on the device) and converted to the network's input afterwards.
+    """
     model = _plain_model(recipe, images, seed, device)
+    transform = make_augment(recipe.optim.augment) if augment else None
+    if transform is not None:
+        return _augmented_throughput(model, transform, images, labels, recipe, seed, device, epochs)
     with torch.no_grad():
         inputs = torch.cat(
             [
@@ -133,6 +144,42 @@ def plain_throughput(
         recipe,
         device,
         warmup,
+        steps_per_epoch=len(targets) // batch,
+    )
+    return counted / seconds, model
+
+
+def _augmented_throughput(
+    model: nn.Module,
+    transform: BatchTransform,
+    images: np.ndarray,
+    labels: np.ndarray,
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+    epochs: int,
+) -> tuple[float, nn.Module]:
+    """`plain_throughput` with the recipe's augmentation on every batch, as the engine has it."""
+    pixels = torch.from_numpy(images).to(device)  # (N, H, W, C) uint8
+    targets = torch.from_numpy(labels.astype(np.int64)).to(device)
+    batch = recipe.optim.batch_size
+    order_generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=order_generator).to(device)
+            for start in range(0, len(order) - batch + 1, batch):
+                idx = order[start : start + batch]
+                x = transform(pixels[idx], augment_generator)  # (B, H, W, C) float, 0-255
+                yield model.to_input(x), targets[idx]  # type: ignore[operator]
+
+    counted, seconds = _train_loop(
+        model.network,  # type: ignore[arg-type]
+        batches(),
+        recipe,
+        device,
+        0,
         steps_per_epoch=len(targets) // batch,
     )
     return counted / seconds, model
@@ -244,11 +291,12 @@ def stage_comparison(params: Params, params_path: Path, dataset: str, label: str
         device,
         warmup=0,
         epochs=recipe.optim.epochs,
+        augment=True,
     )
     plain_seconds = time.perf_counter() - started
     plain_accuracy = test_accuracy(model, arrays.test_images, arrays.test_labels, device)
     print(
-        f"plain loop ({label}, {recipe.optim.epochs} epochs, no augmentation): "
+        f"plain loop ({label}, {recipe.optim.epochs} epochs, augmentation as params): "
         f"{plain_seconds:.1f} s, test accuracy {plain_accuracy:.4f}",
         flush=True,
     )

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import wait
+from tqdm.auto import tqdm
 
 from digits.config import Params, Recipe, SearchConfig
 from digits.data.arrays import prepared_checksum
@@ -203,6 +204,8 @@ class Engine:
         }
         self.logger.info("placement: %s; %d task(s) at once", placement.describe(), self.slots)
         self._stores: list[SweepStore] = []
+        self._final_epochs = 0  # epochs of the final fits submitted, for their progress bar
+        self._final_bar: Any = None
         reclaim_sigterm()
         ended = self.tracking.runs.end_orphaned_runs(experiment)
         if ended:
@@ -223,6 +226,8 @@ class Engine:
 
     def _record_epochs(self) -> None:
         for message in self.feed.drain():
+            if self._final_bar is not None and not message["prefix"]:  # a final fit's epoch
+                self._final_bar.update(1)
             self.tracking.runs.log_run_metrics(
                 message["run_id"],
                 message["metrics"],
@@ -309,6 +314,7 @@ class Engine:
             parent_run_id=self.tracking.runs.active_run_id(),
         )
         final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
+        self._final_epochs += recipe.optim.epochs
         future = final_task.submit(
             self.data,
             recipe,
@@ -322,9 +328,15 @@ class Engine:
     def wait_final(self, futures: list[Any]) -> list[Any]:
         """Results (or the exception) of final fits, in order, recording epochs while waiting."""
         pending = list(futures)
-        while pending:
-            for future in self.wait_any(pending):
-                pending.remove(future)
+        # The terminal's one bar while final fits train (their epochs are logged to Prefect).
+        self._final_bar = tqdm(total=self._final_epochs, desc="final fits", unit="epoch")
+        try:
+            while pending:
+                for future in self.wait_any(pending):
+                    pending.remove(future)
+        finally:
+            self._final_bar.close()
+            self._final_bar, self._final_epochs = None, 0
         out: list[Any] = []
         for future in futures:
             try:

@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures; a NaN loss is deterministic under the seed and would fail again.
 
-    Nor is a full disk retried: it stays full.
+    Nor is a full disk retried: it stays full; nor a task stopped because its flow was
+    interrupted.
     """
+    from digits.edges.interrupts import TaskInterrupted
+
     try:
         state.result()
-    except (TrainingDiverged, DiskFull):
+    except (TrainingDiverged, DiskFull, TaskInterrupted):
         return False
     except Exception:
         return True
@@ -133,7 +136,10 @@ def main(
     max_tasks: Callable[..., int | None] | None = None,
     **extra: Any,
 ) -> None:
-    """`python -m flows.<study> [--params params.yaml] [--<extra> VALUE]`: run `flow` on Dask.
+    """`python -m flows.<study> [--params params.yaml] [--verbose] [--<extra> VALUE]`: run `flow`.
+
+    The terminal shows the flow's own lines, its progress bar, warnings and errors; `--verbose`
+    (or ``DIGITS_VERBOSE=1``) adds every library's INFO lines and each epoch of each task.
 
     Args:
         flow: The Prefect flow; called with the loaded `Params`, the planned `Placement` and the
@@ -148,13 +154,19 @@ def main(
     from digits.edges.exits import run_or_exit
     from digits.edges.interrupts import handle_interrupts
     from digits.edges.prefect_server import shared_prefect_api
+    from digits.edges.terminal import set_verbose
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print every INFO line (Dask, Prefect, epochs)"
+    )
     for name, default in extra.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=default)
     args = parser.parse_args()
     options = {name: getattr(args, name) for name in extra}
+    if args.verbose:
+        set_verbose()
     handle_interrupts()
 
     def run() -> Any:

@@ -33,6 +33,7 @@ from digits.data.arrays import (
     read_manifest,
 )
 from digits.edges.dask_runner import configure_worker_threads, prepared_root
+from digits.edges.interrupts import TaskInterrupted, interrupt_pending
 from digits.edges.progress import publish_progress
 from digits.edges.services import current_project
 from digits.errors import TrainingDiverged
@@ -102,6 +103,8 @@ class Progress:
         logger = get_run_logger()
 
         def on_epoch(stats: EpochStats) -> None:
+            if interrupt_pending():  # a task in the flow's own process, which was interrupted
+                raise TaskInterrupted("the flow was interrupted")
             scored = not math.isnan(stats.val_accuracy)  # a final fit has no validation split
             logger.info(
                 "%s epoch %d/%d: train loss %.4f, accuracy %.4f%s (%.1f s, %.0f images/s)",

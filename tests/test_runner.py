@@ -1,5 +1,7 @@
 """Task placement: an address joins a cluster, GPUs get one worker each, else CPU workers."""
 
+import os
+
 import pytest
 
 from digits.config import ComputeConfig
@@ -75,9 +77,26 @@ def test_fewer_tasks_than_workers_get_the_idle_workers_threads(
         plan_placement(compute, max_tasks=3).threads,
     ) == (3, 1)
     assert (plan_placement(compute).workers, plan_placement(compute).threads) == (4, 1)
-    runner = task_runner(compute, plan_placement(compute, max_tasks=1))
+    runner = task_runner(compute, plan_placement(compute, max_tasks=2))
+    assert runner.cluster_kwargs["n_workers"] == 2
+    assert runner.cluster_kwargs["processes"] is True
+    assert runner.cluster_kwargs["env"]["DIGITS_WORKER_THREADS"] == "2"
+
+
+def test_one_task_runs_in_a_worker_thread_of_the_flow_s_process_with_every_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
+    monkeypatch.delenv("DIGITS_WORKER_THREADS", raising=False)  # restored after the test
+    compute = ComputeConfig(device="cpu", cpu_workers=2, threads_per_worker=1)
+    assert not plan_placement(compute).in_process
+    assert not plan_placement(compute, max_tasks=2).in_process
+    placement = plan_placement(compute, max_tasks=1)
+    assert (placement.in_process, placement.workers, placement.threads) == (True, 1, 2)
+    runner = task_runner(compute, placement)
+    assert runner.cluster_kwargs["processes"] is False
     assert runner.cluster_kwargs["n_workers"] == 1
-    assert runner.cluster_kwargs["env"]["DIGITS_WORKER_THREADS"] == "4"
+    assert os.environ["DIGITS_WORKER_THREADS"] == "2"
 
 
 def test_a_worker_takes_the_threads_its_placement_gave_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,12 +33,15 @@ class Placement:
     workers: int
     address: str | None = None
     threads: int = 1  # torch threads in each CPU worker
+    in_process: bool = False  # one task at a time: its worker is a thread of the flow's process
 
     def describe(self) -> str:
         if self.kind == "address":
             return f"existing Dask cluster at {self.address}"
         if self.kind == "cuda":
             return f"{self.workers} GPU worker(s), one per GPU (LocalCUDACluster)"
+        if self.in_process:
+            return f"1 CPU worker in the flow's process, {self.threads} thread(s) (LocalCluster)"
         return f"{self.workers} CPU worker process(es) of {self.threads} thread(s) (LocalCluster)"
 
 
@@ -59,7 +62,9 @@ def plan_placement(
         gpus: CUDA devices to plan for (default: those visible).
         max_tasks: The most tasks the flow will run at once, when it knows: on the CPU, fewer
             workers are started then, and the threads of the unused ones go to those that run
-            (one model on 2 workers of 1 thread each would leave a core idle).
+            (one model on 2 workers of 1 thread each would leave a core idle). One task runs in
+            a worker thread of the flow's own process: a worker process would first import
+            torch, Prefect and the flow's modules again, most of a small stage's fixed cost.
     """
     address = compute.scheduler_address()
     if address:
@@ -73,7 +78,7 @@ def plan_placement(
         return Placement(kind="cuda", workers=gpus)
     workers = min(compute.cpu_workers, max_tasks) if max_tasks else compute.cpu_workers
     threads = max(compute.cpu_workers * compute.threads_per_worker // workers, 1)
-    return Placement(kind="cpu", workers=workers, threads=threads)
+    return Placement(kind="cpu", workers=workers, threads=threads, in_process=max_tasks == 1)
 
 
 # Run in each Dask worker process when it starts: a terminal's Ctrl-C reaches every process of
@@ -170,6 +175,18 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             address=placement.address,
             client_kwargs={"security": security} if security is not None else {},
         )
+    if placement.in_process:
+        # The task's torch threads (`configure_worker_threads` reads them in this process).
+        os.environ[WORKER_THREADS_ENV] = str(placement.threads)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": 1,
+                "threads_per_worker": 1,
+                "processes": False,  # Dask's in-process transport: nothing listens on a port
+                "dashboard_address": None,
+            },
+        )
     keep_malloc_adaptive()
     if placement.kind == "cuda":
         try:
@@ -195,7 +212,9 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
             "preload": [IGNORE_SIGINT_PRELOAD],
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            # None still serves the dashboard on 8787 (a "port in use" warning when another
+            # project's cluster holds it): any free port instead.
+            "dashboard_address": ":0",
             # Each worker trains with `placement.threads` intra-op threads of its own.
             "env": {
                 "OMP_NUM_THREADS": str(placement.threads),

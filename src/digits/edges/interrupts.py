@@ -18,6 +18,14 @@ from contextlib import contextmanager
 from types import FrameType
 
 
+class TaskInterrupted(Exception):
+    """Raised in a task running in the interrupted flow's own process, between two epochs.
+
+    An `Exception` (not a `KeyboardInterrupt`, which would unwind the worker's event loop): the
+    task fails, and is not retried (`flows.main.retry_unless_diverged`).
+    """
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread, so that cleanup runs as for Ctrl-C."""
 
@@ -102,3 +110,13 @@ def raise_if_interrupted() -> None:
     handler = installed_handler()
     if handler is not None and handler.pending:
         raise _interrupt(handler.pending.pop())
+
+
+def interrupt_pending() -> bool:
+    """Whether a signal waits for `raise_if_interrupted`; from any thread, and left pending.
+
+    A task running in a thread of the flow's process (`Placement.in_process`) asks it between
+    epochs, so that an interrupted flow does not wait for the fit to end.
+    """
+    handler = installed_handler()
+    return handler is not None and bool(handler.pending)

@@ -8,6 +8,7 @@ settings then).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,13 +92,35 @@ def shared_prefect_api() -> Iterator[str]:
 
 
 def drain_prefect_workers() -> None:
-    """Flush queued logs and events while the server still listens (else they retry for minutes)."""
+    """Flush queued logs and events while the server still listens (else they retry for minutes).
+
+    For a thread without an event loop (the flow's); a Dask worker, whose functions run on its
+    event loop, uses `drain_prefect_workers_async`.
+    """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     with contextlib.suppress(RuntimeError):  # never started
         APILogWorker.instance().drain()
     EventsWorker.drain_all()
+
+
+async def drain_prefect_workers_async() -> None:
+    """`drain_prefect_workers` on a running event loop (`Client.run` on a Dask worker).
+
+    There Prefect's drains return awaitables instead of waiting: awaited here, so the flush is
+    waited for (a plain call left them unawaited: "coroutine 'wait' was never awaited").
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # never started
+        drained = APILogWorker.instance().drain()
+        if inspect.isawaitable(drained):
+            await drained
+    drained_all = EventsWorker.drain_all()
+    if inspect.isawaitable(drained_all):
+        await drained_all
 
 
 def _restore_env(name: str, value: str | None) -> None:

@@ -11,7 +11,7 @@ import queue
 from typing import Any
 
 from digits.edges.dask_runner import is_dask_runner
-from digits.edges.prefect_server import drain_prefect_workers
+from digits.edges.prefect_server import drain_prefect_workers_async
 
 # Workers may sit on machines that cannot reach the tracking store, so a task never records
 # anything itself: it publishes each epoch, and the flow's process (the one writer) records it.
@@ -65,4 +65,4 @@ class ProgressFeed:
         _LOCAL_TOPICS.pop(self.topic, None)
         if self._client is not None:
             self._client.unsubscribe_topic(self.topic)
-            self._client.run(drain_prefect_workers)
+            self._client.run(drain_prefect_workers_async)

@@ -123,7 +123,7 @@ class SweepDriver:
             (None: nothing resumed, nothing kept).
         packing: Queue packable fits and submit them as one pack per worker.
         workers: Tasks the cluster runs at once (packs per round).
-        logger: Where resumes and failed trials are reported.
+        logger: Where resumes and each finished or failed trial are reported.
         show_progress: Show a progress bar over the folds.
         clock: Seconds, for the timings.
     """
@@ -326,6 +326,13 @@ class SweepDriver:
         } | {f"fold{k}/accuracy": trial.scores[k] for k in trial.scores}
         self.recorder.log_trial_metrics(run_id, metrics, step=len(trial.scores))
         self.recorder.end_trial_run(run_id, "FINISHED", {"state": trial.state, **closing})
+        self.logger.info(
+            "%s: CV accuracy %.4f over %d fold(s)%s",
+            trial.name,
+            trial.mean_score(),
+            len(trial.scores),
+            " (pruned)" if trial.state == "pruned" else "",
+        )
 
     def _outcome(self) -> SweepOutcome:
         trials = self.scheduler.trials
