@@ -20,7 +20,7 @@ setup: $(VENV)/.installed node_modules/.package-lock.json
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,team]'
 	touch $@
 
 # The scripts and styles the plots page and the Data Docs load offline, as pinned in
@@ -52,13 +52,18 @@ plots: setup  ## dvc_plots/index.html: the plots of dvc.yaml, drawn offline (Veg
 	$(BIN)/dvc plots show --html-template src/digits/dvc_plots.html
 	$(BIN)/python -m digits.web_assets dvc_plots
 
-test: setup chromium lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
+test: setup chromium postgres lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
 	$(BIN)/python -m pytest
 
 chromium:  ## Debian's Chromium for the browser test, installed with apt-get when missing (needs root)
 	@command -v chromium >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } || \
 	  echo "Chromium could not be installed: the browser test will be skipped"
+
+postgres:  ## PostgreSQL's server and ip(8) for the team tests, installed with apt-get when missing (needs root)
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v ip; } >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-15 iproute2; } || \
+	  echo "PostgreSQL could not be installed: the team tests will be skipped"
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
@@ -100,6 +105,18 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000 (the project's store; GenAI job
 prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200: the project's server (.prefect/prefect.db), kept up until Ctrl-C
 	$(BIN)/python -m digits.edges.project_server ui --home $(PREFECT_HOME) \
 	  --host $(PREFECT_SERVER_API_HOST) --port $(PREFECT_SERVER_API_PORT)
+
+# The team services (README: Working as a team), state and secrets in .team/.
+# `make team-up ARGS="--host 10.0.0.5 --port-base 4340"` binds them to a host's address.
+.PHONY: team-up team-down team-status postgres
+team-up: setup  ## PostgreSQL, the S3 store, MLflow, Prefect and a TLS Dask scheduler, health-checked
+	$(BIN)/python -m digits.edges.team up $(ARGS)
+
+team-down: setup  ## stop the team services, in reverse order
+	$(BIN)/python -m digits.edges.team down
+
+team-status: setup  ## each team service: up or down, address, pid, memory
+	$(BIN)/python -m digits.edges.team status
 
 clean:
 	rm -rf data reports/validation reports/theory reports/mnist

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from digits.config import Params, Recipe, SearchConfig
 from digits.data.arrays import prepared_checksum
 from digits.edges import registry
-from digits.edges.dask_runner import Placement, task_slots
+from digits.edges.dask_runner import Placement, ship_prepared_data, task_slots
 from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
 from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
@@ -186,6 +187,9 @@ class Engine:
         self.flow_run_id = flow_tags[PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
         self.slots = task_slots(placement, runner)
+        if placement.kind == "address":  # workers elsewhere may not share the flow's data/
+            shipped = ship_prepared_data(runner, data.dataset, data.root, self.checksum)
+            self.data = data = replace(data, shipped=shipped)
         self.retries = {
             "retries": params.compute.task_retries,
             "retry_delay_seconds": params.compute.retry_delay_s,

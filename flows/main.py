@@ -120,6 +120,16 @@ def link_mlflow_records(store: TrackingStore, title: str) -> str | None:
     return str(artifact_id)
 
 
+def check_services_access() -> None:
+    """With the team's services, refuse a client they would not let record, before anything runs."""
+    import os
+
+    from digits.edges.services import SERVICES_ENV, check_team_access
+
+    if (os.environ.get(SERVICES_ENV) or "").strip().lower() == "team":
+        check_team_access(os.environ)
+
+
 def main(
     flow: Callable[..., Any],
     description: str,
@@ -161,6 +171,7 @@ def main(
 
     def run() -> Any:
         params = load_params(args.params)
+        check_services_access()
         most = max_tasks(params, **options) if max_tasks else None
         placement = plan_placement(params.compute, max_tasks=most)
         runner = task_runner(params.compute, placement)

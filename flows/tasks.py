@@ -33,7 +33,7 @@ from digits.data.arrays import (
     load_split,
     read_manifest,
 )
-from digits.edges.dask_runner import configure_worker_threads
+from digits.edges.dask_runner import configure_worker_threads, prepared_root
 from digits.edges.interrupts import TaskInterrupted, interrupt_pending
 from digits.edges.progress import publish_progress
 from digits.edges.services import current_project
@@ -59,11 +59,16 @@ class DataRef:
     test_subset: int | None
     seed: int
     extra: bool = False
+    shipped: str | None = None  # the prepared files sent through Dask (`ship_prepared_data`)
 
     def load(self) -> DatasetArrays:
-        """The arrays, read once per process (workers only: the flow needs none of them)."""
+        """The arrays, read once per process (workers only: the flow needs none of them).
+
+        A worker without the flow's `root` reads the copy the flow sent it, when it sent one.
+        """
+        root = prepared_root(self.root, self.dataset, self.shipped)
         return load_arrays(
-            self.dataset, self.root, self.train_subset, self.test_subset, self.seed, self.extra
+            self.dataset, root, self.train_subset, self.test_subset, self.seed, self.extra
         )
 
     def is_synthetic(self) -> bool:

@@ -265,3 +265,67 @@ def configure_worker_threads(compute: ComputeConfig) -> None:
 def is_dask_runner(task_runner: Any) -> bool:
     """Whether `task_runner` is a `prefect_dask.DaskTaskRunner` (checked without importing it)."""
     return type(task_runner).__name__ == "DaskTaskRunner"
+
+
+# The prepared data a flow sends to the workers of an existing cluster, one tar per content
+# (``<dataset>-<checksum>.tar``), unpacked once per worker under its local directory.
+SHIPPED_PREFIX = "digits-prepared-"
+
+
+def ship_prepared_data(task_runner: Any, dataset: str, root: Path, checksum: str) -> str | None:
+    """Send the prepared files of `dataset` to every worker of the runner's existing cluster.
+
+    Workers on other machines need not share the flow's `data/` folder: the files go through Dask
+    (`Client.upload_file`, which also reaches workers that join later) as one uncompressed tar
+    named after the data's checksum, and a task finds them with `prepared_root`. Logs the bytes
+    sent and the seconds it took.
+
+    Returns:
+        The tar's name, to hand to the tasks (None without a cluster client).
+    """
+    import tarfile
+    import tempfile
+    import time
+
+    client = getattr(task_runner, "client", None) if is_dask_runner(task_runner) else None
+    if client is None:
+        return None
+    name = f"{SHIPPED_PREFIX}{dataset}-{checksum[:16]}.tar"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="digits-ship-") as scratch:
+        archive = Path(scratch) / name
+        with tarfile.open(archive, "w") as tar:
+            tar.add(Path(root) / "prepared" / dataset, arcname=f"prepared/{dataset}")
+        size = archive.stat().st_size
+        client.upload_file(str(archive), load=False)
+    logging.getLogger("digits").info(
+        "sent the prepared %s data to the Dask workers: %.1f MB in %.2f s",
+        dataset,
+        size / 1e6,
+        time.monotonic() - started,
+    )
+    return name
+
+
+def prepared_root(root: Path, dataset: str, shipped: str | None) -> Path:
+    """Where this process finds the prepared `dataset`: `root` when it holds it, else the copy
+    the flow sent to this Dask worker (`ship_prepared_data`), unpacked on first use."""
+    import fcntl
+    import tarfile
+
+    if shipped is None or (Path(root) / "prepared" / dataset / "manifest.json").is_file():
+        return Path(root)
+    from distributed import get_worker
+
+    try:
+        local = Path(get_worker().local_directory)
+    except ValueError:  # not in a Dask worker: the flow's own process
+        return Path(root)
+    target = local / shipped.removesuffix(".tar")
+    if not (target / "prepared" / dataset / "manifest.json").is_file():
+        with open(local / f"{shipped}.lock", "w") as lock:  # a worker's threads unpack once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "prepared" / dataset / "manifest.json").is_file():
+                with tarfile.open(local / shipped) as tar:
+                    tar.extractall(target, filter="data")
+    return target

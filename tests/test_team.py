@@ -1,0 +1,346 @@
+"""The team services across hosts: network namespaces stand in for machines.
+
+One namespace holds PostgreSQL, the S3 store, MLflow, Prefect and the Dask scheduler; two others
+hold one Dask worker each. They share the file system (the workers read the flow's prepared
+data by path; the code is the installed package), nothing else but the network. Needs root and
+`ip`; PostgreSQL's server is installed by `make test` (skipped, with the reason, without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from digits.config import DataConfig
+from digits.data import prepare, sources
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow]
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "ip(8) is not installed (apt-get install iproute2)"
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        return "PostgreSQL's server is not installed (make test installs it as root)"
+    return None
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The namespaces and their addresses; `run` runs a command in one of them."""
+
+    server: str
+    workers: tuple[str, ...]
+    server_ip: str
+    worker_ips: tuple[str, ...]
+    project: Path
+
+    def run(
+        self, namespace: str, args: list[str], timeout: float = 300, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", namespace, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=kwargs.pop("cwd", self.project),
+            env={**_env(), **kwargs.pop("env", {})},  # type: ignore[dict-item]
+            **kwargs,  # type: ignore[call-overload]
+        )
+
+    def team(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.run(self.server, [sys.executable, "-m", "digits.edges.team", *args], timeout)
+
+
+def _env() -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MLFLOW_", "PREFECT_", "DASK_", "DIGITS_"))
+    }
+    env.update(
+        PYTHONPATH=f"{REPO / 'src'}:{REPO}",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def _namespaces(tag: str) -> Iterator[tuple[str, tuple[str, ...], str, tuple[str, ...]]]:
+    """A server namespace joined to two worker namespaces by veth pairs (10.<n>.<i>.1 / .2)."""
+    server, workers = f"{tag}s", (f"{tag}w1", f"{tag}w2")
+    subnet = 200 + os.getpid() % 50
+    made: list[str] = []
+    try:
+        for namespace in (server, *workers):
+            _sh("ip", "netns", "add", namespace)
+            made.append(namespace)
+            _sh("ip", "-n", namespace, "link", "set", "lo", "up")
+        worker_ips = []
+        for index, worker in enumerate(workers, 1):
+            near, far = f"{tag}a{index}", f"{tag}b{index}"
+            _sh(
+                "ip",
+                "link",
+                "add",
+                near,
+                "netns",
+                server,
+                "type",
+                "veth",
+                "peer",
+                far,
+                "netns",
+                worker,
+            )
+            _sh("ip", "-n", server, "addr", "add", f"10.{subnet}.{index}.1/24", "dev", near)
+            _sh("ip", "-n", worker, "addr", "add", f"10.{subnet}.{index}.2/24", "dev", far)
+            _sh("ip", "-n", server, "link", "set", near, "up")
+            _sh("ip", "-n", worker, "link", "set", far, "up")
+            _sh("ip", "-n", worker, "route", "add", "default", "via", f"10.{subnet}.{index}.1")
+            worker_ips.append(f"10.{subnet}.{index}.2")
+        yield server, workers, f"10.{subnet}.1.1", tuple(worker_ips)
+    finally:
+        for namespace in reversed(made):  # deleting a namespace deletes its veth ends
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+
+
+def _tiny_project(project: Path, mirror: Path, resources: list) -> Path:
+    """Prepared tiny MNIST-format data and a params file, under `project`."""
+    data_cfg = DataConfig(root=project / "data", mirrors=[str(mirror)])
+    sources.pull("mnist", data_cfg, resources=resources)
+    prepare.prepare("mnist", data_cfg)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["root"] = str(data_cfg.root)
+    raw["compute"].update(device="cpu", task_retries=1, retry_delay_s=0)
+    raw["mnist"].update(folds=2, registered_model="team-mlp")
+    raw["mnist"]["recipe"]["model"]["args"].update(width=8)
+    raw["mnist"]["recipe"]["optim"].update(epochs=1, batch_size=64)
+    raw["mnist"]["search"]["grid"]["model"] = {"activation": ["relu", "tanh"], "width": [8]}
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[Hosts]:
+    """The team services up in the server namespace, a Dask worker in each worker namespace."""
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's folder, which user postgres (the database server's) cannot enter.
+    project = Path(tempfile.mkdtemp(prefix="digits-team-"))
+    project.chmod(0o711)
+    workers: list[subprocess.Popen[bytes]] = []
+    with _namespaces(f"d{os.getpid() % 100000}") as (server, names, server_ip, worker_ips):
+        hosts = Hosts(server, names, server_ip, worker_ips, project)
+        try:
+            started = hosts.team("up", "--host", server_ip)
+            assert started.returncode == 0, started.stderr + started.stdout
+            for name, ip in zip(names, worker_ips, strict=True):
+                log = open(project / f"worker-{name}.log", "wb")  # noqa: SIM115 (the worker's)
+                command = [sys.executable, "-m", "digits.edges.team", "worker", "--listen-host", ip]
+                # The worker's host has no copy of the flow's data/: an empty folder is mounted
+                # over it in a mount namespace of the worker's own.
+                hide_data = f"mkdir -p {project / 'data'} && mount -t tmpfs none {project / 'data'}"
+                script = f'{hide_data} && exec "$@"'
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            name,
+                            "unshare",
+                            "-m",
+                            "sh",
+                            "-c",
+                            script,
+                            "sh",
+                            *command,
+                        ],
+                        cwd=project,
+                        env=_env(),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            yield hosts
+        finally:
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, 15)
+            for worker in workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(timeout=20)
+            hosts.team("down", timeout=120)
+            shutil.rmtree(project, ignore_errors=True)
+
+
+def _wait_workers(hosts: Hosts, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        logs = [hosts.project / f"worker-{name}.log" for name in hosts.workers]
+        if sum("Registered to" in log.read_text(errors="replace") for log in logs) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} workers registered within {timeout_s} s")
+
+
+def _registry(hosts: Hosts) -> dict[str, object]:
+    """The team registry seen by the admin from the server's namespace: versions and runs."""
+    script = (
+        "import json; from mlflow.tracking import MlflowClient; c = MlflowClient(); "
+        "e = c.get_experiment_by_name('digits-mnist'); "
+        "runs = c.search_runs([e.experiment_id]) if e else []; "
+        "versions = c.search_model_versions(\"name='team-mlp'\"); "
+        "print(json.dumps({'runs': [r.info.run_name for r in runs], "
+        "'finished': [r.info.status for r in runs], 'versions': [v.version for v in versions], "
+        "'users': sorted({r.info.user_id for r in runs})}))"
+    )
+    client = _client_env(hosts)
+    done = hosts.run(hosts.server, [sys.executable, "-c", script], env=client)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _client_env(hosts: Hosts, path: Path | None = None) -> dict[str, str]:
+    from digits.edges.services import Project, read_client_file
+
+    return read_client_file(path or hosts.project / ".team" / "client.env", Project(hosts.project))
+
+
+def test_team_services_are_up_and_bound_to_the_server_address(team: Hosts) -> None:
+    status = team.team("status")
+    assert status.returncode == 0, status.stdout
+    lines = status.stdout.splitlines()
+    assert len(lines) == 5 and all(f"up    {team.server_ip}:" in line for line in lines), lines
+    # A second `up` finds every service up and starts nothing.
+    again = team.team("up")
+    assert again.returncode == 0 and again.stdout.count("already up") == 5, again.stdout
+
+
+def _flow(hosts: Hosts, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    params = _tiny_project_once(hosts)
+    command = [sys.executable, "-m", "flows.tune_mnist", "--params", str(params)]
+    return hosts.run(hosts.server, command, env={"DIGITS_SERVICES": "team", **extra_env})
+
+
+def _tiny_project_once(hosts: Hosts) -> Path:
+    params = hosts.project / "params.yaml"
+    if not params.is_file():
+        from tests.conftest import fixture_resources
+
+        from digits.data import synthetic
+
+        mirror = hosts.project / "mirror"
+        synthetic.write_mnist_idx(mirror / "mnist", 200, 50, seed=1)
+        _tiny_project(hosts.project, mirror, fixture_resources(mirror / "mnist"))
+    return params
+
+
+def test_a_client_without_credentials_is_refused_and_writes_nothing(team: Hosts) -> None:
+    _tiny_project_once(team)
+    before = _registry(team)
+    wrong = _flow(team, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"})
+    assert wrong.returncode == 2
+    message = wrong.stderr.strip().splitlines()
+    assert len(message) == 1 and "refused admin (HTTP 401)" in message[0], wrong.stderr
+    bare = team.project / "bare.env"
+    settings = _client_env(team)
+    lines = [f"{k}={v}" for k, v in settings.items() if not k.startswith("MLFLOW_TRACKING_USER")]
+    lines = [line for line in lines if not line.startswith("MLFLOW_TRACKING_PASSWORD")]
+    bare.write_text("\n".join(lines) + "\n")
+    missing = _flow(team, {"DIGITS_TEAM_CLIENT": str(bare)})
+    assert missing.returncode == 2
+    assert "needs credentials: set MLFLOW_TRACKING_USERNAME" in missing.stderr, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (team.project / "reports").exists()
+    assert _registry(team) == before
+
+
+def test_workers_in_other_namespaces_train_and_the_model_reaches_the_team_registry(
+    team: Hosts,
+) -> None:
+    _wait_workers(team, 2)
+    added = team.team("add-user", "alice")
+    assert added.returncode == 0, added.stderr
+    alice = _client_env(team, team.project / ".team" / "users" / "alice.env")
+    credentials = {k: v for k, v in alice.items() if k.startswith("MLFLOW_TRACKING_")}
+    done = _flow(team, credentials)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = _registry(team)
+    # The sweep, its 2 trials and the final fit: every run finished, recorded as alice.
+    assert len(seen["runs"]) == 4 and set(seen["finished"]) == {"FINISHED"}, seen  # type: ignore[arg-type]
+    assert seen["versions"] == ["1"], seen
+    assert "alice" in seen["users"] and "admin" not in seen["users"], seen  # type: ignore[operator]
+    trained_on = [
+        name
+        for name in team.workers
+        if "epoch 1/1" in (team.project / f"worker-{name}.log").read_text(errors="replace")
+    ]
+    assert trained_on, "no task ran on a worker in another namespace"
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(path.relative_to(root)): hashlib.md5(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_dvc_pushes_and_pulls_raw_and_prepared_data_through_the_team_s3_store(
+    team: Hosts,
+) -> None:
+    _tiny_project_once(team)
+    repo = team.project / "dvc-checkout"
+    repo.mkdir()
+    shutil.copytree(team.project / "data", repo / "data")
+    original = _tree_digest(repo / "data")
+    dvc = [sys.executable, "-m", "dvc"]
+
+    def run(*args: str) -> str:
+        done = team.run(team.server, list(args), cwd=repo)
+        assert done.returncode == 0, f"{args}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    run(*dvc, "add", "-q", "data/raw/mnist", "data/prepared/mnist")
+    state = str(team.project / ".team")
+    run(sys.executable, "-m", "digits.edges.team", "--state", state, "dvc-remote")
+    assert "secret_access_key" not in (repo / ".dvc" / "config").read_text()
+    run(*dvc, "push", "-r", "team")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "raw" / "mnist")
+    shutil.rmtree(repo / "data" / "prepared" / "mnist")
+    run(*dvc, "pull", "-r", "team")
+    pulled = {k: v for k, v in _tree_digest(repo / "data").items() if k in original}
+    assert pulled == original
+    assert any(k.startswith("raw/") for k in pulled) and any(
+        k.startswith("prepared/") for k in pulled
+    )
