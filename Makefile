@@ -29,8 +29,8 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
-study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops only what depends on it)
-	$(BIN)/dvc repro --keep-going
+study: setup  ## the whole study: dvc repro (a failed stage stops only what depends on it), then the registry from models/ and the report
+	$(BIN)/python -m flows.study
 
 quick: setup  ## the whole pipeline on the quick profile (minutes on a 2-core CPU)
 	$(BIN)/dvc exp run -S profile=quick

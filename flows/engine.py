@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +32,15 @@ from digits.edges.dask_runner import Placement, task_slots
 from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
 from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
+from digits.edges.registry_sync import CONTENT_HASH_TAG, ORIGIN_TAG, TRAINED
 from digits.edges.services import current_project
 from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
 from digits.errors import DigitsError
+from digits.model_files import ModelRecord, model_folder, write_model_files, write_record
 from digits.sweep import Fit, FoldEvent, SweepDriver, SweepOutcome, SweepStore, Trial, sweep_key
 from digits.sweep.packing import packing_enabled
 from digits.training.recipe import FinalResult
-from flows.main import flow_run_tags, git_commit, link_mlflow_records
+from flows.main import flow_run_tags, git_commit, git_dirty, link_mlflow_records
 from flows.tasks import EPOCH_KEYS, DataRef, Progress, train_final, train_fold, train_pack
 
 
@@ -168,13 +172,26 @@ class Engine:
         experiment: The MLflow experiment (without the project's prefix).
         data: The arrays the study trains on.
         placement: Where tasks run (planned once, by `flows.main.main`).
+        models_dir: Where every registered model is also written (`digits.model_files`).
     """
 
     def __init__(
-        self, params: Params, experiment: str, data: DataRef, placement: Placement
+        self,
+        params: Params,
+        experiment: str,
+        data: DataRef,
+        placement: Placement,
+        models_dir: Path | None = None,
     ) -> None:
         self.params, self.experiment, self.data = params, experiment, data
         self.placement = placement
+        # Every registered model is also written here (a DVC output); what an earlier run left
+        # goes first, as `dvc repro` removes a stage's outputs before running it.
+        self.models_dir = models_dir
+        if models_dir is not None and models_dir.is_dir():
+            shutil.rmtree(models_dir)
+        self._model_files: list[tuple[Path, ModelRecord]] = []
+        self._run_names: dict[str, str] = {}
         self.logger = get_run_logger()
         self.tracking = open_tracking_store(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
@@ -194,6 +211,7 @@ class Engine:
             "data_checksum": self.checksum,
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
+            "git_dirty": str(git_dirty()).lower(),
             "placement": placement.describe(),
             **flow_tags,
         }
@@ -304,6 +322,7 @@ class Engine:
             tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
             parent_run_id=self.tracking.runs.active_run_id(),
         )
+        self._run_names[run_id] = run_name
         final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
         future = final_task.submit(
             self.data,
@@ -361,18 +380,55 @@ class Engine:
             (version, whether it became the champion).
         """
         example = self.data.test_examples()
-        test_set = self.data.test_set(self.checksum)
+        tags = {**self.tags, "test_set": self.data.test_set(self.checksum), **tags}
+        if self.models_dir is not None:
+            tags |= self._write_model(run_id, result, name, example, tags)
         version = self.tracking.models.register_model_in_run(
-            run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
+            run_id, result.model, name, example, tags=tags
         )
         decision = registry.promote_if_better(self.tracking, name, version)
         self.logger.info("%s v%s: %s", name, version, decision.reason)
         return version, decision.promoted
 
+    def _write_model(
+        self, run_id: str, result: FinalResult, name: str, example: Any, tags: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """The model's files under `models_dir` (its record follows in `close`, once its run has
+        every metric); returns the tags that tie the registered version to them."""
+        assert self.models_dir is not None
+        run_name = self._run_names.get(run_id, run_id)
+        folder = model_folder(self.models_dir, name, run_name)
+        if any(folder == written for written, _ in self._model_files):
+            folder = folder.with_name(f"{folder.name}-{run_id[:8]}")  # two models, one run name
+        digest = write_model_files(folder, result.model, example)
+        origin = {CONTENT_HASH_TAG: digest, ORIGIN_TAG: TRAINED}
+        record = ModelRecord(
+            registered_name=name,
+            experiment=self.experiment,
+            run_name=run_name,
+            run_id=run_id,
+            content_hash=digest,
+            version_tags={k: str(v)[:5000] for k, v in {**tags, **origin}.items()},
+            dataset=self.data.dataset,
+            data_checksum=self.checksum,
+            git_commit=str(self.tags["git_commit"]),
+            git_dirty=self.tags["git_dirty"] == "true",
+        )
+        self._model_files.append((folder, record))
+        return origin
+
+    def _write_records(self) -> None:
+        """Each model's record, with all its run holds now (metrics logged after registering)."""
+        for folder, record in self._model_files:
+            metrics, params, tags = self.tracking.runs.run_facts(record.run_id)
+            write_record(folder, replace(record, metrics=metrics, params=params, run_tags=tags))
+        self._model_files.clear()
+
     def close(self) -> None:
         """The flow completed: record the last epochs, list the flow run's MLflow runs in a
         Prefect artifact, drop what only a resume would need."""
         self._record_epochs()
+        self._write_records()
         self.feed.close()
         link_mlflow_records(self.tracking, f"{self.experiment} ({self.params.profile})")
         for store in self._stores:
