@@ -74,7 +74,7 @@ class ReproLog:
             if stage not in out:
                 why = f": {_short(self.failed[cause])}" if cause in self.failed else ""
                 out[stage] = f"was skipped: `{cause}` failed{why}"
-        return out
+        return dict(sorted(out.items()))  # DVC names skipped stages in no fixed order
 
 
 def _short(error: str) -> str:

@@ -29,8 +29,8 @@ from torch import nn
 
 from digits.errors import DigitsError
 from digits.files import write_atomic, write_text_atomic
-from digits.models.saved import SPEC_FILE, WEIGHTS_FILE, load_classifier, save_classifier
 from digits.models.pixels import PixelClassifier
+from digits.models.saved import SPEC_FILE, WEIGHTS_FILE, load_classifier, save_classifier
 
 RECORD_FILE = "record.json"
 EXAMPLE_FILE = "example.npy"

@@ -292,9 +292,7 @@ class Runs:
                 continue
         return out
 
-    def run_facts(
-        self, run_id: str
-    ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    def run_facts(self, run_id: str) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
         """Run `run_id`'s metrics (the latest value of each), params and tags, MLflow's own
         (`mlflow.*`) tags left out."""
         data = self.store.client().get_run(run_id).data
