@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo ui prefect-ui clean
+.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-restore ui prefect-ui clean
 
 setup: $(VENV)/.installed node_modules/.package-lock.json
 
@@ -63,6 +63,9 @@ bench: setup  ## orchestration cost alone, then the sweep: flow against a plain 
 
 bench-zoo: setup  ## zoo throughput and the train_zoo flow against a plain loop; e.g. ARGS="--device cuda --dataset svhn --models lenet5,resnet18"
 	$(BIN)/python benchmarks/bench_zoo.py --stage $(ARGS)
+
+bench-restore: setup  ## the registry rebuilt from models/ into a fresh store, each model's time beside its final fit's
+	$(BIN)/python benchmarks/bench_registry_restore.py
 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)
