@@ -374,7 +374,8 @@ class Engine:
         """Register the model of run `run_id` (raw uint8 pixels in); promote it when better.
 
         The version is tagged with its profile and test set, so that promotion compares it only
-        with versions scored like it (`digits.edges.registry`).
+        with versions scored like it (`digits.edges.registry`), and with the content hash of the
+        model's files under `models_dir`, which `digits.edges.registry_sync` looks for.
 
         Returns:
             (version, whether it became the champion).

@@ -140,7 +140,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--models", type=Path, default=Path("models"))
     args = parser.parse_args()
-    code, log = repro()
+    try:
+        code, log = repro()
+    except KeyboardInterrupt:  # DVC, in the same process group, got the Ctrl-C too and stopped
+        print("study: interrupted; run the same command again to go on", file=sys.stderr)
+        sys.exit(130)
     not_run = log.not_run()
     run_or_exit(lambda: sync_registry(load_params(args.params), args.models))
     if REPORT_STAGE in not_run:
