@@ -38,7 +38,7 @@ ZOO_MODEL = "zoo-mnist-lenet5"
 def _run(
     args: list[str], cwd: Path, env: dict[str, str], ok: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=2400)
     if ok:
         assert done.returncode == 0, f"{args}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
