@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-robustness ui prefect-ui clean
+.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-robustness bench-restore ui prefect-ui clean
 
 setup: $(VENV)/.installed node_modules/.package-lock.json
 
@@ -29,8 +29,8 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
-study: setup  ## the whole study on params.yaml (dvc repro; a failed stage stops only what depends on it)
-	$(BIN)/dvc repro --keep-going
+study: setup  ## the whole study: dvc repro (a failed stage stops only what depends on it), then the registry from models/ and the report
+	$(BIN)/python -m flows.study
 
 # The quick run is a DVC experiment in a temporary copy of the project: params.yaml, dvc.lock and
 # reports/ stay the full study's. Its results: `dvc exp show` (the experiment QUICK_NAME), the
@@ -84,6 +84,9 @@ bench-zoo: setup  ## zoo throughput and the train_zoo flow against a plain loop;
 
 bench-robustness: setup  ## what scoring the changed test sets adds to a final fit; e.g. ARGS="--threads 2 --repeats 3"
 	$(BIN)/python benchmarks/bench_robustness.py $(ARGS)
+
+bench-restore: setup  ## the registry rebuilt from models/ into a fresh store, each model's time beside its final fit's
+	$(BIN)/python benchmarks/bench_registry_restore.py
 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)

@@ -1,25 +1,23 @@
-"""The adapters between the sweep driver and the outside, and what every training flow shares.
+"""What every training flow shares: the `Engine`, one study's flow run.
 
-* `PrefectSubmitter`: the driver's `digits.sweep.Submitter` on Prefect: a fit is a `train_fold`
-  task, a pack a `train_pack` task, named after their trials; waiting records the epochs the
-  tasks publish and is where Ctrl-C / SIGTERM are raised;
-* `MlflowRecorder`: the driver's `digits.sweep.Recorder` on MLflow: one child run per trial;
-* `Engine`: one study's flow run: provenance, the MLflow experiment, the progress feed; `sweep`
-  runs `digits.sweep.SweepDriver` with the two adapters over a `SweepStore` keyed on what the
-  sweep's results depend on; `start_final` / `wait_final` / `record_final` train a recipe on all
-  training images, score the test set once and its changed copies (`digits.robustness`) and
-  record them in the model's run; `register` registers and promotes the model.
+It holds provenance, the MLflow experiment and the progress feed. `sweep` runs
+`digits.sweep.SweepDriver` with the two adapters of `flows.adapters` over a `SweepStore` keyed on
+what the sweep's results depend on; `start_final` / `wait_final` / `record_final` train a recipe on
+all training images, score the test set once and its changed copies (`digits.robustness`) and
+record them in the model's run; `register` registers and promotes the model and writes its files
+under `models/` (`digits.model_files`).
 
 `flows.main` holds what every flow shares without the engine (argv, provenance, links).
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
@@ -33,132 +31,17 @@ from digits.edges.dask_runner import Placement, ship_prepared_data, task_slots
 from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
 from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
+from digits.edges.registry_sync import CONTENT_HASH_TAG, ORIGIN_TAG, TRAINED
 from digits.edges.services import current_project
-from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
+from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, open_tracking_store
 from digits.errors import DigitsError
-from digits.sweep import Fit, FoldEvent, SweepDriver, SweepOutcome, SweepStore, Trial, sweep_key
+from digits.model_files import ModelRecord, model_folder, write_model_files, write_record
+from digits.sweep import SweepDriver, SweepOutcome, SweepStore, sweep_key
 from digits.sweep.packing import packing_enabled
 from digits.training.recipe import FinalResult
-from flows.main import flow_run_tags, git_commit, link_mlflow_records
-from flows.tasks import EPOCH_KEYS, DataRef, Progress, train_final, train_fold, train_pack
-
-
-def recipe_params(recipe: Recipe) -> dict[str, Any]:
-    """A recipe as flat MLflow parameters: `model`, `model.<arg>`, `optim.<field>`."""
-    flat: dict[str, Any] = {"model": recipe.model.name}
-    flat |= {f"model.{key}": value for key, value in recipe.model.args.items()}
-    for key, value in recipe.optim.model_dump().items():
-        if isinstance(value, dict):
-            flat |= {f"optim.{key}.{k}": v for k, v in value.items()}
-        else:
-            flat[f"optim.{key}"] = value
-    return flat
-
-
-def fold_outcomes(future: Any, fits: int) -> list[Any]:
-    """Per fit of a finished task (a Prefect future): its result, or the exception it ended with.
-
-    A pack's result is its list of outcomes; a single fold's task gives one. A task that failed
-    as a whole, after its retries, fails every fit it trained.
-    """
-    try:
-        result = future.result()
-    except Exception as error:  # the task failed as a whole (after its retries)
-        return [error] * fits
-    return list(result) if isinstance(result, list) else [result]
-
-
-class PrefectSubmitter:
-    """Fits as Prefect tasks on the flow's task runner (`digits.sweep.Submitter`)."""
-
-    def __init__(self, engine: Engine, folds: int) -> None:
-        self.engine, self.folds = engine, folds
-        self.active: dict[Any, list[Fit]] = {}  # a task's future -> the fits it trains
-
-    def _progress(self, fit: Fit) -> Progress:
-        return Progress(
-            self.engine.feed.topic,
-            fit.run_id,
-            f"fold{fit.fold}/",
-            fit.name,
-            fit.trial.recipe.optim.epochs,
-        )
-
-    def submit_fit(self, fit: Fit) -> None:
-        engine = self.engine
-        fold_task = train_fold.with_options(
-            task_run_name=f"{fit.trial.name} fold {fit.fold + 1}/{self.folds}", **engine.retries
-        )
-        future = fold_task.submit(
-            engine.data,
-            fit.trial.recipe,
-            fit.fold,
-            self.folds,
-            engine.params.seed,
-            engine.params.compute,
-            self._progress(fit),
-        )
-        self.active[future] = [fit]
-
-    def submit_pack(self, fits: Sequence[Fit]) -> None:
-        engine = self.engine
-        names = f"{fits[0].trial.name} ... {fits[-1].trial.name}"
-        pack_task = train_pack.with_options(
-            task_run_name=f"pack of {len(fits)} fits ({names})", **engine.retries
-        )
-        future = pack_task.submit(
-            engine.data,
-            [(fit.trial.recipe, fit.fold, self._progress(fit)) for fit in fits],
-            self.folds,
-            engine.params.seed,
-            engine.params.compute,
-        )
-        self.active[future] = list(fits)
-
-    def wait(self) -> list[FoldEvent]:
-        events: list[FoldEvent] = []
-        for future in self.engine.wait_any(list(self.active)):
-            fits = self.active.pop(future)
-            outcomes = fold_outcomes(future, len(fits))
-            events += [FoldEvent(fit, out) for fit, out in zip(fits, outcomes, strict=True)]
-        return events
-
-
-class MlflowRecorder:
-    """One child MLflow run per trial, under the sweep's run (`digits.sweep.Recorder`)."""
-
-    def __init__(
-        self,
-        store: TrackingStore,
-        experiment: str,
-        tags: Mapping[str, Any],
-        parent_run_id: str | None,
-        folds: int,
-    ) -> None:
-        self.runs = store.runs
-        self.experiment, self.tags, self.parent, self.folds = experiment, tags, parent_run_id, folds
-
-    def create_trial_run(self, trial: Trial) -> str:
-        return self.runs.create_run(
-            self.experiment,
-            trial.name,
-            params={**recipe_params(trial.recipe), "folds": self.folds},
-            tags={**self.tags, "trial": trial.number, "stage": "trial"},
-            parent_run_id=self.parent,
-        )
-
-    def log_curve(self, run_id: str, prefix: str, history: list[dict[str, float]]) -> None:
-        for row in history:
-            metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
-            self.runs.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
-
-    def log_trial_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self.runs.log_run_metrics(run_id, dict(metrics), step=step)
-
-    def end_trial_run(
-        self, run_id: str, status: Literal["FINISHED", "FAILED"], tags: Mapping[str, Any]
-    ) -> None:
-        self.runs.end_run(run_id, status, dict(tags))
+from flows.adapters import MlflowRecorder, PrefectSubmitter, recipe_params
+from flows.main import flow_run_tags, git_commit, git_dirty, link_mlflow_records
+from flows.tasks import DataRef, Progress, train_final
 
 
 class Engine:
@@ -171,13 +54,26 @@ class Engine:
         experiment: The MLflow experiment (without the project's prefix).
         data: The arrays the study trains on.
         placement: Where tasks run (planned once, by `flows.main.main`).
+        models_dir: Where every registered model is also written (`digits.model_files`).
     """
 
     def __init__(
-        self, params: Params, experiment: str, data: DataRef, placement: Placement
+        self,
+        params: Params,
+        experiment: str,
+        data: DataRef,
+        placement: Placement,
+        models_dir: Path | None = None,
     ) -> None:
         self.params, self.experiment, self.data = params, experiment, data
         self.placement = placement
+        # Every registered model is also written here (a DVC output); what an earlier run left
+        # goes first, as `dvc repro` removes a stage's outputs before running it.
+        self.models_dir = models_dir
+        if models_dir is not None and models_dir.is_dir():
+            shutil.rmtree(models_dir)
+        self._model_files: list[tuple[Path, ModelRecord]] = []
+        self._run_names: dict[str, str] = {}
         self.logger = get_run_logger()
         self.tracking = open_tracking_store(params.tracking)
         self.checksum = prepared_checksum(data.dataset, data.root)
@@ -200,6 +96,7 @@ class Engine:
             "data_checksum": self.checksum,
             "synthetic": str(data.is_synthetic()).lower(),
             "git_commit": git_commit(),
+            "git_dirty": str(git_dirty()).lower(),
             "placement": placement.describe(),
             **flow_tags,
         }
@@ -314,6 +211,7 @@ class Engine:
             tags={**self.tags, "stage": "final", "model_name": recipe.model.name},
             parent_run_id=self.tracking.runs.active_run_id(),
         )
+        self._run_names[run_id] = run_name
         final_task = train_final.with_options(task_run_name=f"{run_name} final", **self.retries)
         self._final_epochs += recipe.optim.epochs
         future = final_task.submit(
@@ -376,24 +274,62 @@ class Engine:
         """Register the model of run `run_id` (raw uint8 pixels in); promote it when better.
 
         The version is tagged with its profile and test set, so that promotion compares it only
-        with versions scored like it (`digits.edges.registry`).
+        with versions scored like it (`digits.edges.registry`), and with the content hash of the
+        model's files under `models_dir`, which `digits.edges.registry_sync` looks for.
 
         Returns:
             (version, whether it became the champion).
         """
         example = self.data.test_examples()
-        test_set = self.data.test_set(self.checksum)
+        tags = {**self.tags, "test_set": self.data.test_set(self.checksum), **tags}
+        if self.models_dir is not None:
+            tags |= self._write_model(run_id, result, name, example, tags)
         version = self.tracking.models.register_model_in_run(
-            run_id, result.model, name, example, tags={**self.tags, "test_set": test_set, **tags}
+            run_id, result.model, name, example, tags=tags
         )
         decision = registry.promote_if_better(self.tracking, name, version)
         self.logger.info("%s v%s: %s", name, version, decision.reason)
         return version, decision.promoted
 
+    def _write_model(
+        self, run_id: str, result: FinalResult, name: str, example: Any, tags: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """The model's files under `models_dir` (its record follows in `close`, once its run has
+        every metric); returns the tags that tie the registered version to them."""
+        assert self.models_dir is not None
+        run_name = self._run_names.get(run_id, run_id)
+        folder = model_folder(self.models_dir, name, run_name)
+        if any(folder == written for written, _ in self._model_files):
+            folder = folder.with_name(f"{folder.name}-{run_id[:8]}")  # two models, one run name
+        digest = write_model_files(folder, result.model, example)
+        origin = {CONTENT_HASH_TAG: digest, ORIGIN_TAG: TRAINED}
+        record = ModelRecord(
+            registered_name=name,
+            experiment=self.experiment,
+            run_name=run_name,
+            run_id=run_id,
+            content_hash=digest,
+            version_tags={k: str(v)[:5000] for k, v in {**tags, **origin}.items()},
+            dataset=self.data.dataset,
+            data_checksum=self.checksum,
+            git_commit=str(self.tags["git_commit"]),
+            git_dirty=self.tags["git_dirty"] == "true",
+        )
+        self._model_files.append((folder, record))
+        return origin
+
+    def _write_records(self) -> None:
+        """Each model's record, with all its run holds now (metrics logged after registering)."""
+        for folder, record in self._model_files:
+            metrics, params, tags = self.tracking.runs.run_facts(record.run_id)
+            write_record(folder, replace(record, metrics=metrics, params=params, run_tags=tags))
+        self._model_files.clear()
+
     def close(self) -> None:
         """The flow completed: record the last epochs, list the flow run's MLflow runs in a
         Prefect artifact, drop what only a resume would need."""
         self._record_epochs()
+        self._write_records()
         self.feed.close()
         link_mlflow_records(self.tracking, f"{self.experiment} ({self.params.profile})")
         for store in self._stores:

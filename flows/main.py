@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digits.errors import DiskFull, TrainingDiverged
@@ -43,6 +44,30 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
+
+
+def git_dirty() -> bool:
+    """Whether tracked files other than DVC's records (dvc.lock, reports/, models/) differ from
+    the commit: the code or params a model was trained with are not the commit's."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+            + [f":(exclude){path}" for path in ("dvc.lock", "reports", "models")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return bool(out.stdout.strip())
+
+
+def models_folder(experiment: str, report_dir: str, default_report_dir: str) -> Path:
+    """Where a flow writes its models: `models/<experiment>` (a DVC output) beside the default
+    report; beside the report (`<report_dir>/models`) when the report goes elsewhere."""
+    if Path(report_dir) == Path(default_report_dir):
+        return Path("models") / experiment
+    return Path(report_dir) / "models"
 
 
 def flow_run_tags() -> dict[str, str]:

@@ -107,11 +107,27 @@ def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str
     return out
 
 
+INPUTS_MARK = "<!-- report inputs: "
+
+
 def write_report(
-    params: Params, reports: Path = REPORTS, ui: str = MLFLOW_UI
+    params: Params,
+    reports: Path = REPORTS,
+    ui: str = MLFLOW_UI,
+    not_run: Mapping[str, str] | None = None,
+    inputs: str = "",
 ) -> Mapping[str, Path]:
     """Write REPORT.md, REPORT.html and the robustness figure under `reports`; returns their
-    paths."""
+    paths.
+
+    Args:
+        params: The study's parameters.
+        reports: The reports folder.
+        ui: The MLflow UI's address, for run links.
+        not_run: Stages that could not run, and why (said in the report).
+        inputs: A fingerprint of what the report was written from, kept in REPORT.md as a
+            comment (`written_from` reads it back), when it is written outside `dvc repro`.
+    """
     files = read_study(reports)
     links, note = run_links(files, params, ui)
     paths = {
@@ -121,10 +137,23 @@ def write_report(
     }
     # Before the text, which shows the figure only when its file is there.
     save_figure_atomic(study_robustness_figure(files), paths["robustness"], dpi=120)
-    text = study_markdown(files, links, note, params.profile)
+    text = study_markdown(files, links, note, params.profile, not_run)
+    if inputs:
+        text += f"\n{INPUTS_MARK}{inputs} -->\n"
     write_text_atomic(paths["markdown"], text)
     write_text_atomic(paths["html"], study_html(text))
     return paths
+
+
+def written_from(path: Path) -> str | None:
+    """The inputs fingerprint `write_report` kept in REPORT.md at `path`, if any."""
+    try:
+        last = path.read_text(encoding="utf-8").rstrip().rsplit("\n", 1)[-1]
+    except OSError:
+        return None
+    if not last.startswith(INPUTS_MARK):
+        return None
+    return last.removeprefix(INPUTS_MARK).removesuffix(" -->")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from digits.models import parse_args
 from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
 from digits.training.recipe import FinalResult
 from flows.engine import Engine
-from flows.main import main
+from flows.main import main, models_folder
 from flows.tasks import DataRef
 
 
@@ -97,7 +97,9 @@ def train_zoo(
         placement: Where the tasks run, planned for `concurrent_tasks` at most.
         dataset: ``svhn`` or ``mnist``.
         search: A model label to search over first (`zoo.search`), or None.
-        report_dir: Where the report goes (``reports/<dataset>`` by default).
+        report_dir: Where the report goes (``reports/<dataset>`` by default). The registered
+            models go under ``models/zoo-<dataset>/`` (``<report_dir>/models`` when the report
+            goes elsewhere), a DVC output.
     """
     zoo = params.zoo
     labels = zoo.train.get(dataset, [])
@@ -106,9 +108,11 @@ def train_zoo(
     extra = params.data.svhn_extra and dataset == "svhn"
     data = DataRef(dataset, params.data.root, zoo.train_subset, zoo.test_subset, params.seed, extra)
     experiment = f"zoo-{dataset}"
-    engine = Engine(params, experiment, data, placement)
+    default_dir = f"reports/{dataset}"
+    out_dir = Path(report_dir or default_dir)
+    models = models_folder(experiment, str(out_dir), default_dir)
+    engine = Engine(params, experiment, data, placement, models)
     synthetic = data.is_synthetic()
-    out_dir = Path(report_dir or f"reports/{dataset}")
     recipes = {label: zoo.recipe(label) for label in labels}
     run_name = f"zoo-{dataset}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     with engine.tracking.runs.start_run(

@@ -37,7 +37,7 @@ from digits.studies.mnist_mlp import (
 from digits.sweep import SweepOutcome, Trial
 from digits.training.recipe import FinalResult
 from flows.engine import Engine
-from flows.main import main
+from flows.main import main, models_folder
 from flows.tasks import DataRef
 
 REPORT_DIR = Path("reports/mnist")
@@ -195,10 +195,14 @@ def tune_mnist(
         params: The study's parameters.
         placement: Where the tasks run (`digits.edges.dask_runner.plan_placement`).
         report_dir: Where reports/mnist's files are written.
+
+    The registered model is also written under `models/mnist/` (`<report_dir>/models` when the
+    report goes elsewhere), a DVC output.
     """
     study = params.mnist
     data = DataRef("mnist", params.data.root, study.train_subset, study.test_subset, params.seed)
-    engine = Engine(params, EXPERIMENT, data, placement)
+    models = models_folder(EXPERIMENT, report_dir, str(REPORT_DIR))
+    engine = Engine(params, EXPERIMENT, data, placement, models)
     strategy = study.search.strategy
     started = time.perf_counter()
     sweep_name = f"sweep-{strategy}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,4 +1,4 @@
-"""Command line: `digits pull|prepare|validate DATASET`, `digits promote`, `digits predict`.
+"""Command line: `digits pull|prepare|validate DATASET`, `digits promote|predict|sync-registry`.
 
 Thin: argv and paths in, one core call out. Each group of commands lives in its own module
 (`data_cli`, `validation_cli`, `model_cli`) so that a DVC stage runs the one it needs and depends
@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         elif args.command == "predict":
             model_cli.predict(params, args.model, args.images, args.invert)
+        elif args.command == "sync-registry":
+            model_cli.sync_registry(params, args.models)
         elif args.command == "validate":
             validation_cli.run(params, args.dataset)
         else:

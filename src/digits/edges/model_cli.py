@@ -1,4 +1,4 @@
-"""`digits promote` and `digits predict`: the registry's commands."""
+"""`digits promote`, `digits predict` and `digits sync-registry`: the registry's commands."""
 
 from __future__ import annotations
 
@@ -61,8 +61,33 @@ def predict(params: Params, reference: str, paths: list[Path], invert: str) -> N
         print(f"{file!s:<{width}}  {int(digit)}  {float(probability):.4f}")
 
 
+def sync_registry(params: Params, models_root: Path) -> int:
+    """Register every model under `models_root` the MLflow store lacks; say what was done.
+
+    Returns:
+        How many models were registered.
+    """
+    import time
+
+    from digits.edges.registry_sync import Restored, sync_registry
+    from digits.edges.tracking import open_tracking_store
+
+    def said(done: Restored) -> None:
+        champion = " (champion)" if done.champion else ""
+        print(f"registry: {done.name} v{done.version}{champion} registered from {done.folder}")
+
+    started = time.perf_counter()
+    store = open_tracking_store(params.tracking)
+    outcome = sync_registry(store, models_root, on_restored=said)
+    print(
+        f"registry: {outcome.tracked} model(s) under {models_root}, {len(outcome.restored)} "
+        f"registered from their files ({time.perf_counter() - started:.1f} s); {store.uri}"
+    )
+    return len(outcome.restored)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `promote` and `predict` subcommands, for `digits`."""
+    """The `promote`, `predict` and `sync-registry` subcommands, for `digits`."""
     promote = sub.add_parser(
         "promote",
         help="point a registry alias at a version, or at the best version by a metric",
@@ -95,3 +120,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default="auto",
         help="invert the images' brightness (auto: when their background is the opposite)",
     )
+    sync = sub.add_parser(
+        "sync-registry",
+        help="register every model under models/ that the MLflow store lacks (no training)",
+        description="The registry follows DVC: each model folder under MODELS (written by the "
+        "stages, tracked by DVC) whose content hash no registered version carries is registered "
+        "with the metrics, params and tags its stage recorded, tagged model_origin=restored and "
+        "with the commit that trained it; the champion rule applies. Running it twice registers "
+        "nothing new. `make study` runs it after `dvc repro`.",
+    )
+    sync.add_argument("--models", type=Path, default=Path("models"), help="default: models")

@@ -292,6 +292,13 @@ class Runs:
                 continue
         return out
 
+    def run_facts(self, run_id: str) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+        """Run `run_id`'s metrics (the latest value of each), params and tags, MLflow's own
+        (`mlflow.*`) tags left out."""
+        data = self.store.client().get_run(run_id).data
+        tags = {key: value for key, value in data.tags.items() if not key.startswith("mlflow.")}
+        return dict(data.metrics), dict(data.params), tags
+
     def parent_run_id(self, run_id: str) -> str | None:
         """The parent of run `run_id` (a final fit's sweep), if it has one."""
         return self.store.client().get_run(run_id).data.tags.get("mlflow.parentRunId")

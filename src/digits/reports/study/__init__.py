@@ -51,6 +51,7 @@ def study_markdown(
     links: Mapping[str, RunLink],
     store: str,
     profile: str,
+    not_run: Mapping[str, str] | None = None,
 ) -> str:
     """REPORT.md's text.
 
@@ -60,6 +61,8 @@ def study_markdown(
             and robustness row's run id.
         store: One sentence on the MLflow store the runs were looked up in (or its absence).
         profile: The params.yaml profile of this run.
+        not_run: Stages that could not run (stage -> why, e.g. "was skipped: `pull@svhn`
+            failed: ..."), said at the top and where their results would be.
     """
     store_note = "not found in the store"
     lines = [
@@ -69,17 +72,33 @@ def study_markdown(
         "under `reports/`, and named with the MLflow run that recorded it (the link opens it "
         f"in the MLflow UI, `make ui`). {store}",
         "",
+        *not_run_section(not_run or {}),
         *q1_section(files, links.get("theory"), store_note),
         *q2_section(files, links.get("theory"), store_note),
         *figure_lines(
             files, THEORY_FIGURES, source_line("theory", links.get("theory"), store_note)
         ),
         *q3_section(files, links, store_note),
-        *q4_section(files, links, store_note),
+        *q4_section(files, links, store_note, not_run),
         *robustness_section(files, links, store_note),
         *validation_section(files),
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def not_run_section(not_run: Mapping[str, str]) -> list[str]:
+    """The stages that could not run, each with why, or nothing when every stage ran."""
+    if not not_run:
+        return []
+    return [
+        "## What could not run",
+        "",
+        "The last `make study` could not run these stages; the rest of this report is from the "
+        "stages that did (`make study` prints each stage's whole error):",
+        "",
+        *(f"- `{stage}` {why}." for stage, why in not_run.items()),
+        "",
+    ]
 
 
 def study_html(markdown_text: str, title: str = "The study, answered") -> str:

@@ -56,8 +56,16 @@ def zoo_rows(table: pd.DataFrame) -> list[ZooRow]:
     return rows
 
 
-def q4_section(files: StudyFiles, links: Mapping[str, RunLink], note: str) -> list[str]:
-    """Q4: the zoo on each data set, SVHN first beside the original's Table 2."""
+def q4_section(
+    files: StudyFiles,
+    links: Mapping[str, RunLink],
+    note: str,
+    not_run: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Q4: the zoo on each data set, SVHN first beside the original's Table 2.
+
+    `not_run` (stage -> why) says why a data set's zoo could not run, where it did not.
+    """
     lines = [
         "## Q4. Which pretrained classifier suits SVHN, and why? (the original's Table 2)",
         "",
@@ -71,7 +79,9 @@ def q4_section(files: StudyFiles, links: Mapping[str, RunLink], note: str) -> li
         "—",
     ]
     for dataset in ZOO_DATASETS:
-        lines += _zoo_on(files, dataset, links, note, original_row)
+        lines += _zoo_on(
+            files, dataset, links, note, original_row, (not_run or {}).get(f"train_zoo@{dataset}")
+        )
     return lines
 
 
@@ -81,13 +91,18 @@ def _zoo_on(
     links: Mapping[str, RunLink],
     note: str,
     original_row: list[str],
+    why_not: str | None = None,
 ) -> list[str]:
-    """One data set's zoo: the ranking, the details, the findings and the figures."""
+    """One data set's zoo: the ranking, the details, the findings and the figures; or why it
+    could not run (`why_not`) or that it has not yet."""
     table = files.zoo.get(dataset)
     name = dataset.upper() if dataset == "svhn" else "MNIST"
     lines = [f"### The zoo on {name}", ""]
     if table is None or table.empty:
-        lines += missing_lines(f"train_zoo@{dataset}", f"reports/{dataset}/comparison.csv")
+        if why_not:
+            lines += [f"**Could not run:** `train_zoo@{dataset}` {why_not}.", ""]
+        else:
+            lines += missing_lines(f"train_zoo@{dataset}", f"reports/{dataset}/comparison.csv")
         if dataset == "svhn":
             lines += [
                 "The original's Table 2, for when it has run:",
