@@ -1,0 +1,1 @@
+"""Figures, tables and markdown for each study's report."""

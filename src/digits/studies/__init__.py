@@ -1,0 +1,1 @@
+"""The studies' own logic: convexity, the MNIST network, the SVHN zoo."""
