@@ -76,6 +76,18 @@ def test_runs_side_by_side_are_addressed_by_id(store: TrackingStore) -> None:
     assert {r.info.run_id for r in store.runs.runs_of("unit")} == {parent, first, second}
 
 
+def test_runs_addressed_by_id_record_the_tracking_user_like_fluent_runs(
+    store: TrackingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    run_id = store.runs.create_run("unit", "trial-000")
+    with store.runs.start_run("unit", "sweep") as fluent:
+        pass
+    client = MlflowClient()
+    assert client.get_run(run_id).info.user_id == "alice"
+    assert client.get_run(fluent.info.run_id).info.user_id == "alice"
+
+
 def test_register_model_in_run_logs_to_that_run_and_finishes_it(store: TrackingStore) -> None:
     run_id = store.runs.create_run("unit", "final")
     store.runs.log_run_metrics(run_id, {"accuracy": 0.9})

@@ -175,10 +175,20 @@ class Runs:
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
     ) -> str:
-        """Start a RUNNING run (a child of `parent_run_id` when given); returns its id."""
+        """Start a RUNNING run (a child of `parent_run_id` when given); returns its id.
+
+        Recorded as the same user as the fluent API's runs: the tracking server's user
+        (``MLFLOW_TRACKING_USERNAME``) or else this machine's.
+        """
+        from mlflow.tracking.context.default_context import DefaultRunContext
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-        all_tags = {key: str(value) for key, value in (tags or {}).items()} | process_tags()
+        # MlflowClient.create_run, unlike mlflow.start_run, adds no user: the run would be
+        # recorded as "unknown", and on a team server nobody could tell whose trial it was.
+        all_tags = DefaultRunContext().tags() | {
+            key: str(value) for key, value in (tags or {}).items()
+        }
+        all_tags |= process_tags()
         all_tags[MLFLOW_RUN_NAME] = run_name
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
