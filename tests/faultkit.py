@@ -49,6 +49,7 @@ def make_study(
     raw["data"]["root"] = str(data.root)
     raw["compute"].update(device="cpu", cpu_workers=workers, task_retries=1, retry_delay_s=0)
     raw["mnist"].update(folds=2, registered_model="fault-mlp")
+    raw["mnist"]["refine"]["enabled"] = False  # the faults are the sweep's; refining is another
     raw["mnist"]["recipe"]["model"]["args"].update(depth=1, width=16)
     raw["mnist"]["recipe"]["optim"].update(epochs=4, batch_size=64)
     raw["mnist"]["search"].update(strategy=strategy, n_trials=4)
@@ -65,6 +66,7 @@ def make_study(
 def start_flow(workdir: Path) -> subprocess.Popen[str]:
     """`python -m flows.tune_mnist` in `workdir`, in a session of its own (killable as a group)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env["DIGITS_VERBOSE"] = "1"  # Dask's INFO lines too: the nanny's word that a worker died
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen(

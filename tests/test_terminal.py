@@ -57,6 +57,7 @@ def test_a_flow_on_two_dask_workers_prints_no_dask_info_no_epoch_and_no_coroutin
     )
     raw["compute"].update(device="cpu", cpu_workers=2, checkpoint_dir=str(tmp_path / "ckpt"))
     raw["mnist"].update(folds=2, registered_model="tiny-mlp")
+    raw["mnist"]["refine"]["enabled"] = False  # two trials, two trial lines
     raw["mnist"]["recipe"]["optim"].update(epochs=2, batch_size=64)
     raw["mnist"]["search"]["grid"]["model"] = {"activation": ["relu"], "width": [8, 16]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
