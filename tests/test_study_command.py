@@ -236,11 +236,14 @@ def test_the_first_run_trains_writes_models_registers_them_and_reports_without_s
     assert first.code == 1, first.said[-3000:]  # pull@svhn failed, and the command says so
     assert "Running stage 'tune_mnist'" in first.said, first.said[-3000:]
     assert "Running stage 'train_zoo@mnist'" in first.said
+    # tune_mnist registers Table 1's best and the refined model under one name
     assert sorted((name, origin) for name, _, origin in first.versions) == [
+        ("mnist-mlp", "trained"),
         ("mnist-mlp", "trained"),
         (ZOO_MODEL, "trained"),
     ]
     assert [r.split("/")[1:3] for r in studied["records"]] == [
+        ["mnist", "mnist-mlp"],
         ["mnist", "mnist-mlp"],
         ["zoo-mnist", ZOO_MODEL],
     ]
@@ -259,6 +262,7 @@ def test_with_the_store_deleted_the_same_command_restores_the_registry_without_t
     assert "Running stage" not in ran, second.said[-3000:]
     assert sorted((name, origin) for name, _, origin in second.versions) == [
         ("mnist-mlp", "restored"),
+        ("mnist-mlp", "restored"),
         (ZOO_MODEL, "restored"),
     ]
     assert _answers(second.predictions), second.predictions
@@ -269,4 +273,4 @@ def test_the_checkout_is_left_clean_and_a_second_sync_registers_nothing(
 ) -> None:
     assert studied["status"] == "", studied["status"]
     assert "0 registered" in studied["again"], studied["again"]
-    assert len(studied["versions_after"]) == 2
+    assert len(studied["versions_after"]) == 3
