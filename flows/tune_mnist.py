@@ -67,14 +67,32 @@ def _sweep_metrics(outcome: SweepOutcome) -> dict[str, float]:
 def _record_sweep(engine: Engine, outcome: SweepOutcome, profile: str) -> pd.DataFrame:
     """Table 1 and the sweep's timings, into the sweep's run and a Prefect artifact."""
     table = tuning_table(table1_rows(outcome.trials))
-    engine.tracking.runs.log_table(table, "table1.json")
+    _record_search(
+        engine,
+        outcome,
+        table,
+        "table1.json",
+        "table-1",
+        f"Table 1: mean CV accuracy per cell ({profile} profile)",
+    )
+    return table
+
+
+def _record_search(
+    engine: Engine,
+    outcome: SweepOutcome,
+    table: pd.DataFrame,
+    artifact: str,
+    key: str,
+    description: str,
+) -> None:
+    """A search's table and timings into the current MLflow run, and the table as a Prefect
+    artifact (`key`)."""
+    engine.tracking.runs.log_table(table, artifact)
     create_table_artifact(
-        table=table.round(5).to_dict(orient="records"),
-        key="table-1",
-        description=f"Table 1: mean CV accuracy per cell ({profile} profile)",
+        table=table.round(5).to_dict(orient="records"), key=key, description=description
     )
     engine.tracking.runs.log_metrics(_sweep_metrics(outcome))
-    return table
 
 
 def _summary(params: Params, outcome: SweepOutcome, data: DataRef, checksum: str) -> dict[str, Any]:
@@ -117,13 +135,14 @@ def _start_refining(engine: Engine, params: Params, table1_best: Trial) -> Refin
     ):
         outcome = engine.sweep(refine.search, base, study.folds)
         table = refine_table(refine_rows(outcome.trials))
-        engine.tracking.runs.log_table(table, "refine.json")
-        create_table_artifact(
-            table=table.round(5).to_dict(orient="records"),
-            key="refine",
-            description=f"Refining search over {cell_name(table1_best.recipe)} ({params.profile})",
+        _record_search(
+            engine,
+            outcome,
+            table,
+            "refine.json",
+            "refine",
+            f"Refining search over {cell_name(table1_best.recipe)} ({params.profile})",
         )
-        engine.tracking.runs.log_metrics(_sweep_metrics(outcome))
         best = outcome.best.recipe
         future, run_id = engine.start_final(best, f"refined-{refined_name(best)}")
     return Refining(outcome, table, future, run_id)
