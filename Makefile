@@ -53,7 +53,7 @@ plots: setup  ## dvc_plots/index.html: the plots of dvc.yaml, drawn offline (Veg
 	$(BIN)/python -m digits.web_assets dvc_plots
 
 test: setup chromium postgres lint typecheck  ## lint and types, then every test, the slow end-to-end ones included
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 chromium:  ## Debian's Chromium for the browser test, installed with apt-get when missing (needs root)
 	@command -v chromium >/dev/null || { apt-get update -q && \

@@ -144,15 +144,41 @@ def test_two_queued_experiments_at_once_are_both_recorded_every_run_once(
         _run(
             ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"seed={seed}", "theory"], root, env
         )
-    _run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = _run(["dvc", "queue", "status"], root, env)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    assert "Failed" not in status, status
+    # The workers DVC starts inherit the caller's stdout and stderr until they exit: with pipes,
+    # waiting for `queue start` would wait for every experiment. They write to a file instead.
+    with (root.parent / "queue-start.log").open("w") as log:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=log,
+            timeout=120,
+        )
+    assert started.returncode == 0, (root.parent / "queue-start.log").read_text()
+    try:
+        status = _wait_for_queue(root, env, timeout_s=900)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True)
     for name in ("exp-q1", "exp-q2"):
         runs = _runs(root, name)
         assert len(runs) == 1 and runs[0][1] == "FINISHED", (name, runs, status)
     assert sum(name == "theory" for name, _ in _flow_runs(root)) >= 2
+
+
+def _wait_for_queue(root: Path, env: dict[str, str], timeout_s: float) -> str:
+    """`dvc queue status` once nothing is queued or running; fails with the experiments' logs."""
+    deadline = time.monotonic() + timeout_s
+    status = _run(["dvc", "queue", "status"], root, env)
+    while ("Queued" in status or "Running" in status) and time.monotonic() < deadline:
+        time.sleep(5)
+        status = _run(["dvc", "queue", "status"], root, env)
+    if "Queued" not in status and "Running" not in status and "Failed" not in status:
+        return status
+    logs = "\n".join(
+        subprocess.run(
+            ["dvc", "queue", "logs", name], cwd=root, env=env, capture_output=True, text=True
+        ).stdout[-3000:]
+        for name in ("exp-q1", "exp-q2")
+    )
+    raise AssertionError(f"queue not done in {timeout_s:.0f} s or failed:\n{status}\n{logs}")

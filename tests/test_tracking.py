@@ -1,6 +1,9 @@
 """MLflow edge: runs, failed runs, model registration with tags (promotion: test_registry.py)."""
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +106,45 @@ def test_register_model_in_run_logs_to_that_run_and_finishes_it(store: TrackingS
     assert registered.tags["profile"] == "quick"
     assert client.get_run(run_id).info.status == "FINISHED"
     assert store.runs.active_run_id() is None
+
+
+def test_an_experiment_created_by_another_flow_meanwhile_is_used_not_an_error(
+    store: TrackingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two flows on one server both find no experiment, and both create it: the second's
+    # create is refused as RESOURCE_ALREADY_EXISTS and must use the first's.
+    winner = MlflowClient().create_experiment(store.experiment_name("race"))
+    find = TrackingStore.find_experiment_id
+    calls: list[str] = []
+
+    def none_once(self: TrackingStore, experiment: str) -> str | None:
+        calls.append(experiment)
+        return None if len(calls) == 1 else find(self, experiment)
+
+    monkeypatch.setattr(TrackingStore, "find_experiment_id", none_once)
+    assert store.experiment_id("race") == str(winner)
+
+
+def test_flows_starting_at_once_on_a_new_store_all_open_it(tmp_path: Path) -> None:
+    # MLflow creates a new SQLite store's tables without a lock of its own: without the
+    # project's lock, two of three processes opening one new store at once failed.
+    database = tmp_path / "new" / "mlflow.db"
+    database.parent.mkdir()
+    code = (
+        "import sys; from digits.config import TrackingConfig;"
+        "from digits.edges.tracking import open_tracking_store;"
+        "cfg = TrackingConfig(uri=sys.argv[1], artifact_root=sys.argv[2]);"
+        "open_tracking_store(cfg).client().search_experiments(max_results=1)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"sqlite:///{database}", str(tmp_path / "artifacts")],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    errors = [start.communicate(timeout=120)[1] for start in starts]
+    assert [start.returncode for start in starts] == [0, 0, 0], "\n".join(errors)[-3000:]

@@ -18,6 +18,7 @@ Commands that only read (`digits promote`, `digits predict`, the report) open it
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from digits.config import TrackingConfig
@@ -100,7 +102,17 @@ class TrackingStore:
             return existing
         name = self.experiment_name(experiment)
         location = (self.artifact_root / name).resolve().as_uri() if self.is_local else None
-        return str(self.client().create_experiment(name, artifact_location=location))
+        try:
+            return str(self.client().create_experiment(name, artifact_location=location))
+        except MlflowException as error:
+            # Two flows creating the experiment at once (two people on one server, two DVC queue
+            # workers): the one that lost the race uses the one that won.
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            created = self.find_experiment_id(experiment)
+            if created is None:
+                raise
+            return created
 
     @property
     def runs(self) -> Runs:
@@ -159,7 +171,10 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
     # A new SQLite store announces its table creation on stderr; it is routine, not news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if _scheme(uri) == "sqlite":
-        follow_moved_checkout(Path(uri.removeprefix("sqlite:///")), artifact_root)
+        database = Path(uri.removeprefix("sqlite:///"))
+        if mode == "record":
+            _create_sqlite_store(database, uri)
+        follow_moved_checkout(database, artifact_root)
     mlflow.set_tracking_uri(uri)  # process-wide, for MLflow's fluent API (see above)
     mlflow.set_registry_uri(uri)
     store = TrackingStore(
@@ -174,6 +189,21 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
         except Exception as error:  # a server that does not answer, a file that is no store
             raise DigitsError(f"cannot read the MLflow store {uri}: {_first_line(error)}") from None
     return store
+
+
+def _create_sqlite_store(database: Path, uri: str) -> None:
+    """Create or upgrade the SQLite store while holding a lock beside it.
+
+    MLflow creates a store's tables on first use with no lock of its own: two flows starting on a
+    new store at once (two DVC queue workers) both ran its migrations and one failed with
+    "duplicate column name". The lock makes the second wait until the first has finished.
+    """
+    with (database.parent / f"{database.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_location(uri: str, source: str, mode: StoreMode, created_by_params: bool) -> None:
