@@ -12,10 +12,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from digits.config import Params, load_params
 from digits.edges.exits import run_or_exit
-from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, TrackingStore, open_tracking_store
+from digits.edges.tracking import (
+    PREFECT_FLOW_RUN_TAG,
+    TRAINED_RUN_TAG,
+    TrackingStore,
+    open_tracking_store,
+)
 from digits.errors import DigitsError
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.reports.study import (
@@ -39,9 +45,9 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
     except DigitsError as error:
         return {}, f"MLflow runs are not named: {error}."
 
-    def link(run_id: str, experiment_id: str) -> RunLink:
+    def link(run_id: str, experiment_id: str, trained_in: str = "") -> RunLink:
         url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if ui else ""
-        return RunLink(run_id, url)
+        return RunLink(run_id, url, trained_in)
 
     links: dict[str, RunLink] = {}
     if files.theory is not None:
@@ -52,8 +58,8 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
         tags = {"profile": params.profile, "stage": "final"}
         if files.mnist.get("data_checksum"):
             tags["data_checksum"] = str(files.mnist["data_checksum"])
-        for key, run_id, experiment_id in _mnist_runs(store, tags):
-            links[key] = link(run_id, experiment_id)
+        for key, run_id, experiment_id, trained_in in _mnist_runs(store, tags):
+            links[key] = link(run_id, experiment_id, trained_in)
     tables = [*files.zoo.values(), files.mnist_robustness]
     zoo_ids = [
         str(run_id)
@@ -61,20 +67,31 @@ def run_links(files: StudyFiles, params: Params, ui: str) -> tuple[dict[str, Run
         if table is not None and "run_id" in table
         for run_id in table["run_id"].dropna()
     ]
-    for run_id, experiment_id in store.runs.run_experiments(zoo_ids).items():
+    in_store = store.runs.run_experiments(zoo_ids)
+    for run_id, experiment_id in in_store.items():
         links[run_id] = link(run_id, experiment_id)
+    # A model trained in another store and restored from models/ (`make study`) has a new run
+    # that names the one that trained it.
+    missing = [run_id for run_id in zoo_ids if run_id not in in_store]
+    for trained, (run_id, experiment_id) in store.runs.runs_tagged(
+        TRAINED_RUN_TAG, missing
+    ).items():
+        links[trained] = link(run_id, experiment_id, trained)
     return links, (
-        f"Runs were looked up in {store.uri}; a result whose run is not there came with the "
-        "checkout or from another store (`dvc repro` of its stage records one)."
+        f"Runs were looked up in {store.uri}; a model restored from `models/` links to its "
+        "restored run, which names the run that trained it; a result whose run is not there "
+        "came with the checkout or from another store (`dvc repro` of its stage records one)."
     )
 
 
-def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """(key, run id, experiment id) of the newest Table 1 final fit carrying `tags`, its sweep,
-    and the refining search and refined final fit of the same flow run, where there are some.
+def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(key, run id, experiment id, trained in) of the newest Table 1 final fit carrying `tags`,
+    its sweep, and the refining search and refined final fit of the same flow run, where there
+    are some.
 
     Both final fits carry `stage: final`; the refined one is named `refined-...` (its parent
-    the `refine-...` run), Table 1's `final-...`.
+    the `refine-...` run), Table 1's `final-...`. A final fit restored from `models/` names the
+    run that trained it ("trained in"); its searches ran in that run's store, not this one.
     """
     finals = [
         run
@@ -85,10 +102,10 @@ def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str
     table1 = next((r for r in finals if not r.info.run_name.startswith("refined-")), None)
     if table1 is None:
         return []
-    out = [("mnist_final", table1.info.run_id, table1.info.experiment_id)]
+    out = [("mnist_final", *_restored_ids(table1.info, table1.data.tags))]
     sweep = store.runs.parent_run_id(table1.info.run_id)
     if sweep:
-        out.append(("mnist_sweep", sweep, table1.info.experiment_id))
+        out.append(("mnist_sweep", sweep, table1.info.experiment_id, ""))
     flow_run = table1.data.tags.get(PREFECT_FLOW_RUN_TAG)
     refined = next(
         (
@@ -100,11 +117,16 @@ def _mnist_runs(store: TrackingStore, tags: Mapping[str, str]) -> list[tuple[str
         None,
     )
     if refined is not None:
-        out.append(("mnist_refined", refined.info.run_id, refined.info.experiment_id))
+        out.append(("mnist_refined", *_restored_ids(refined.info, refined.data.tags)))
         search = store.runs.parent_run_id(refined.info.run_id)
         if search:
-            out.append(("mnist_refine", search, refined.info.experiment_id))
+            out.append(("mnist_refine", search, refined.info.experiment_id, ""))
     return out
+
+
+def _restored_ids(info: Any, tags: Mapping[str, str]) -> tuple[str, str, str]:
+    """(run id, experiment id, the run that trained it when the run is a restored model)."""
+    return str(info.run_id), str(info.experiment_id), tags.get(TRAINED_RUN_TAG, "")
 
 
 INPUTS_MARK = "<!-- report inputs: "

@@ -14,7 +14,7 @@ from flows.report import run_links, write_report
 from tests.test_zoo_report import ROWS
 
 from digits.config import TrackingConfig, load_params
-from digits.edges.tracking import open_tracking_store
+from digits.edges.tracking import TRAINED_RUN_TAG, open_tracking_store
 from digits.metrics import confusion_records
 from digits.reports.mnist import refine_table
 from digits.reports.study import read_study, study_markdown
@@ -171,6 +171,38 @@ def test_report_names_each_result_with_its_mlflow_run(
     assert old_refined not in text
     html = paths["html"].read_text()
     assert "<table>" in html and '<img alt="Random starts (Q1)" src="theory/restarts.png"' in html
+
+
+def test_models_restored_from_their_files_are_linked_to_their_restored_runs(
+    reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tables name the runs that trained the models, in another store; this store holds
+    # only the runs `digits sync-registry` made when it restored them from models/.
+    _synthetic_svhn_zoo(reports)
+    (tmp_path / "mlruns").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    params = load_params(REPO / "params.yaml")
+    store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+    checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
+    final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
+    final = store.runs.create_run(
+        "mnist", "final (restored)", tags={**final_tags, TRAINED_RUN_TAG: "a" * 32}
+    )
+    zoo_run = store.runs.create_run(
+        "zoo-svhn", "resnet101 (restored)", tags={TRAINED_RUN_TAG: "b" * 32}
+    )
+    for run_id in (final, zoo_run):
+        store.runs.end_run(run_id)
+    table = pd.read_csv(reports / "svhn" / "comparison.csv")
+    table.loc[table["model"] == "resnet101", "run_id"] = "b" * 32
+    table.to_csv(reports / "svhn" / "comparison.csv", index=False)
+
+    links, _ = run_links(read_study(reports), params, "")
+    assert (links["mnist_final"].run_id, links["mnist_final"].trained_in) == (final, "a" * 32)
+    assert "mnist_sweep" not in links  # the search ran in the other store
+    assert (links["b" * 32].run_id, links["b" * 32].trained_in) == (zoo_run, "b" * 32)
+    text = write_report(params, reports, ui="")["markdown"].read_text()
+    assert f"`{zoo_run[:12]}` (restored from `models/`; trained in run `bbbbbbbbbbbb`)" in text
 
 
 def test_without_a_store_the_report_says_so_and_creates_none(

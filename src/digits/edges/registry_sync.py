@@ -19,7 +19,7 @@ from pathlib import Path
 
 from digits.edges import registry
 from digits.edges.process import HOST_TAG, PID_TAG, PROCESS_START_TAG
-from digits.edges.tracking import TrackingStore
+from digits.edges.tracking import TRAINED_RUN_TAG, TrackingStore
 from digits.model_files import TrackedModel, tracked_models
 
 CONTENT_HASH_TAG = "content_hash"
@@ -73,7 +73,7 @@ def restore_model(store: TrackingStore, model: TrackedModel, folder_label: str) 
     origin = {
         ORIGIN_TAG: RESTORED,
         "trained_commit": record.git_commit,
-        "trained_run_id": record.run_id,
+        TRAINED_RUN_TAG: record.run_id,
         CONTENT_HASH_TAG: record.content_hash,
         "model_folder": folder_label,
     }

@@ -12,7 +12,13 @@ Open it once with `open_tracking_store` and hand the `TrackingStore` to whatever
 * `links`: Prefect flow runs to MLflow UI pages (``store.links``).
 """
 
-from digits.edges.tracking.links import LISTED_METRICS, PREFECT_FLOW_RUN_TAG, Links, RunRecord
+from digits.edges.tracking.links import (
+    LISTED_METRICS,
+    PREFECT_FLOW_RUN_TAG,
+    TRAINED_RUN_TAG,
+    Links,
+    RunRecord,
+)
 from digits.edges.tracking.models import CHAMPION_ALIAS, Models, VersionFacts
 from digits.edges.tracking.runs import Runs
 from digits.edges.tracking.store import (
@@ -28,6 +34,7 @@ __all__ = [
     "LISTED_METRICS",
     "PREFECT_FLOW_RUN_TAG",
     "STORE_SCHEMES",
+    "TRAINED_RUN_TAG",
     "Links",
     "Models",
     "RunRecord",

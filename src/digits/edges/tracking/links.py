@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from digits.edges.tracking.store import TrackingStore
 
 PREFECT_FLOW_RUN_TAG = "prefect_flow_run_id"
+# A model restored from its files (`digits sync-registry`) gets a new run, which names the run
+# that trained it, in the store it was trained in.
+TRAINED_RUN_TAG = "trained_run_id"
 LISTED_METRICS = ("accuracy", "precision", "recall", "f1", "cv_accuracy")
 
 

@@ -313,6 +313,25 @@ class Runs:
         """The parent of run `run_id` (a final fit's sweep), if it has one."""
         return self.store.client().get_run(run_id).data.tags.get("mlflow.parentRunId")
 
+    def runs_tagged(self, key: str, values: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """The newest run carrying tag `key` with each of `values`: value -> (run id, experiment
+        id); values no run carries are left out."""
+        client = self.store.client()
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+        out: dict[str, tuple[str, str]] = {}
+        for value in values:
+            if not experiment_ids or "'" in value:  # run ids are hex; nothing else is looked up
+                continue
+            found = client.search_runs(
+                experiment_ids,
+                filter_string=f"tags.{key} = '{value}'",
+                order_by=["attribute.start_time DESC"],
+                max_results=1,
+            )
+            if found:
+                out[value] = (found[0].info.run_id, found[0].info.experiment_id)
+        return out
+
     def runs_of(self, experiment: str) -> list[Run]:
         """All runs of an experiment, newest first (for tests and reports)."""
         experiment_id = self.store.find_experiment_id(experiment)

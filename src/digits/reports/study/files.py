@@ -17,14 +17,23 @@ ZOO_DATASETS = ("svhn", "mnist")
 
 @dataclass(frozen=True)
 class RunLink:
-    """Where a result was recorded: an MLflow run id, and its page in the MLflow UI ("" if none)."""
+    """Where a result was recorded: an MLflow run id, and its page in the MLflow UI ("" if none).
+
+    `trained_in` is set when the run is a model restored from `models/` (`make study` on a
+    checkout whose models were trained elsewhere): the id of the run that trained it, in the
+    store it was trained in.
+    """
 
     run_id: str
     url: str = ""
+    trained_in: str = ""
 
     def markdown(self) -> str:
         short = f"`{self.run_id[:12]}`"
-        return f"[{short}]({self.url})" if self.url else short
+        text = f"[{short}]({self.url})" if self.url else short
+        if self.trained_in:
+            text += f" (restored from `models/`; trained in run `{self.trained_in[:12]}`)"
+        return text
 
 
 @dataclass
