@@ -173,7 +173,7 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
     if _scheme(uri) == "sqlite":
         database = Path(uri.removeprefix("sqlite:///"))
         if mode == "record":
-            _create_sqlite_store(database, uri)
+            _create_sqlite_store(database)
         follow_moved_checkout(database, artifact_root)
     mlflow.set_tracking_uri(uri)  # process-wide, for MLflow's fluent API (see above)
     mlflow.set_registry_uri(uri)
@@ -191,17 +191,21 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
     return store
 
 
-def _create_sqlite_store(database: Path, uri: str) -> None:
+def _create_sqlite_store(database: Path) -> None:
     """Create or upgrade the SQLite store while holding a lock beside it.
 
     MLflow creates a store's tables on first use with no lock of its own: two flows starting on a
     new store at once (two DVC queue workers) both ran its migrations and one failed with
-    "duplicate column name". The lock makes the second wait until the first has finished.
+    "duplicate column name". The lock makes the second wait until the first has finished. The
+    URI is absolute: MLflow keeps one engine per URI string for the life of the process, and one
+    made here for the relative ``sqlite:///mlruns/mlflow.db`` would keep this folder's file open
+    for a later command that means another folder's.
     """
     with (database.parent / f"{database.name}.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            absolute = f"sqlite:///{database.resolve()}"
+            MlflowClient(tracking_uri=absolute).search_experiments(max_results=1)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
