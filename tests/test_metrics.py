@@ -41,3 +41,50 @@ def test_confusion_matrix_figure_annotates_every_cell(tmp_path) -> None:
     assert {"0", "57", "99"} <= texts
     fig.savefig(tmp_path / "cm.png")
     assert (tmp_path / "cm.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("n", "classes", "labels"),
+    [
+        (500, 10, None),  # every class present
+        (40, 10, None),  # few images: some classes never predicted or never true
+        (300, 6, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),  # classes 6-9 absent: zero division
+        (300, 10, [4, 0, 7, 2]),  # labels outside the listed ones, in an unsorted order
+    ],
+)
+def test_metrics_equal_scikit_learns(n: int, classes: int, labels: list[int] | None) -> None:
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    rng = np.random.default_rng(n + classes)
+    y_true = rng.integers(0, classes, n)
+    # Mostly right, as a trained model is; the rest spread over every class.
+    y_pred = np.where(rng.random(n) < 0.7, y_true, rng.integers(0, classes, n))
+    expected_labels = np.arange(10) if labels is None else np.asarray(labels)
+    m = classification_metrics(y_true, y_pred, labels=labels)
+
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=expected_labels, average="macro", zero_division=0
+    )
+    assert m.accuracy == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-15)
+    assert m.precision_macro == pytest.approx(precision, abs=1e-15)
+    assert m.recall_macro == pytest.approx(recall, abs=1e-15)
+    assert m.f1_macro == pytest.approx(f1, abs=1e-15)
+    np.testing.assert_array_equal(
+        m.confusion, confusion_matrix(y_true, y_pred, labels=expected_labels)
+    )
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=expected_labels,
+        target_names=[str(c) for c in expected_labels],
+        output_dict=True,
+        zero_division=0,
+    )
+    assert m.report.keys() == report.keys()
+    for key, row in report.items():
+        assert m.report[key] == pytest.approx(row, abs=1e-15), key

@@ -171,6 +171,33 @@ def test_lower_resolution_blurs_fine_detail_and_keeps_flat_areas() -> None:
         assert (apply(flat, name) == 90).all()
 
 
+@pytest.mark.parametrize("shape", [(5, 28, 28, 1), (4, 32, 32, 3), (3, 19, 23, 1)])
+def test_the_geometry_is_torchvisions_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int, int]
+) -> None:
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(shape[0], shape[3], *shape[1:3], generator=torch.Generator().manual_seed(3))
+    x = x * 255  # (B, C, H, W) float on the 0-255 scale, as `perturb` holds it
+    bilinear = InterpolationMode.BILINEAR
+    for angle in (10.0, -10.0, 20.0, -20.0, 33.3):
+        assert torch.equal(robustness.rotate_bilinear(x, angle), TF.rotate(x, angle, bilinear))
+    images = (x[:, 0] if shape[3] == 1 else x.permute(0, 2, 3, 1)).to(torch.uint8).numpy()
+    ours = {p.name: apply(images, p.name, seed=4) for p in perturbations("svhn")}
+    # The same perturbations with torchvision's own functions in place of ours.
+    monkeypatch.setattr(
+        robustness, "_pad_edge", lambda x, p: TF.pad(x, [p] * 4, padding_mode="edge")
+    )
+    monkeypatch.setattr(robustness, "rotate_bilinear", lambda x, a: TF.rotate(x, a, bilinear))
+    monkeypatch.setattr(robustness, "_center_crop", lambda x, h, w: TF.center_crop(x, [h, w]))
+    monkeypatch.setattr(
+        robustness, "_resize", lambda x, h, w, antialias: TF.resize(x, [h, w], antialias=antialias)
+    )
+    for name, changed in ours.items():
+        assert np.array_equal(changed, apply(images, name, seed=4)), name
+
+
 def test_invert_flips_every_pixel() -> None:
     images = np.random.default_rng(1).integers(0, 256, (3, 9, 9, 1), dtype=np.uint8)
     assert np.array_equal(apply(images, "invert"), 255 - images)

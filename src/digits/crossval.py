@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -18,6 +17,10 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.nda
         `k` pairs (train_idx, val_idx) of int64 index arrays. The val_idx are disjoint and together
         cover 0..N-1; each train_idx is the complement of its val_idx.
     """
+    # Imported here: scikit-learn brings SciPy's statistics, seconds of start-up that a stage
+    # without cross-validation has no use for.
+    from sklearn.model_selection import StratifiedKFold
+
     labels = np.asarray(labels)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [

@@ -40,6 +40,7 @@ the model's run and the studies' reports show (`digits.reports.robustness`).
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Iterator
@@ -49,8 +50,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from digits.training.loop import evaluate
 from digits.training.recipe import FinalResult
@@ -163,10 +162,56 @@ def _dilate(x: Tensor, size: int) -> Tensor:
     return F.max_pool2d(padded, kernel_size=size, stride=1)
 
 
+# The geometry below is torchvision's (`transforms.v2.functional` `pad` with edge padding,
+# `rotate` bilinear about the centre, `center_crop`, `resize`) on float tensors, written with
+# torch's own ops: importing torchvision imports all of it (detection ops, datasets, video), seconds
+# of every stage's start. `tests/test_robustness.py` holds them equal to torchvision's, bit for bit.
+
+
+def _pad_edge(x: Tensor, pixels: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, H + 2p, W + 2p), the edge pixels repeated outwards."""
+    return F.pad(x, [pixels] * 4, mode="replicate")
+
+
+def rotate_bilinear(x: Tensor, angle: float) -> Tensor:
+    """(B, C, H, W) float rotated anticlockwise by `angle` degrees about the centre, bilinear,
+    zeros outside; torchvision's `rotate(x, angle, InterpolationMode.BILINEAR)`."""
+    height, width = x.shape[-2:]
+    # torchvision's inverse affine matrix for a rotation about the centre, which it computes
+    # from the angle taken modulo 360 and negated (the same floating-point steps, the same grid).
+    rot = math.radians(-(angle % 360))
+    matrix = [math.cos(rot), math.sin(rot), 0.0, -math.sin(rot), math.cos(rot), 0.0]
+    theta = torch.tensor(matrix, dtype=x.dtype, device=x.device).reshape(1, 2, 3)
+    base = torch.empty(1, height, width, 3, dtype=x.dtype, device=x.device)  # (1, H, W, 3)
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width))
+    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height)[:, None])
+    base[..., 2].fill_(1)
+    scale = torch.tensor([0.5 * width, 0.5 * height], dtype=x.dtype, device=x.device)
+    grid = base.view(1, height * width, 3).bmm(theta.transpose(1, 2).div_(scale))  # (1, HW, 2)
+    grid = grid.view(1, height, width, 2).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _center_crop(x: Tensor, height: int, width: int) -> Tensor:
+    """The central `height`×`width` of (B, C, H, W), H >= height and W >= width."""
+    top = round((x.shape[-2] - height) / 2.0)
+    left = round((x.shape[-1] - width) / 2.0)
+    return x[..., top : top + height, left : left + width]
+
+
+def _resize(x: Tensor, height: int, width: int, antialias: bool) -> Tensor:
+    """(B, C, H, W) float resized bilinearly to (B, C, height, width)."""
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    return F.interpolate(
+        x, size=[height, width], mode="bilinear", align_corners=False, antialias=antialias
+    )
+
+
 def _shift(x: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
     """Move each image `pixels` along an axis drawn per image (0 right, 1 left, 2 down, 3 up)."""
     direction = torch.randint(0, 4, (x.shape[0],), generator=generator).to(x.device)  # (B,)
-    padded = TF.pad(x, [pixels] * 4, padding_mode="edge")  # (B, C, H + 2p, W + 2p)
+    padded = _pad_edge(x, pixels)  # (B, C, H + 2p, W + 2p)
     height, width = x.shape[-2:]
     out = torch.empty_like(x)
     # Content moved by (dy, dx) is the padded image cropped at (p - dy, p - dx).
@@ -184,19 +229,19 @@ def _rotate(x: Tensor, degrees: float, generator: torch.Generator) -> Tensor:
     # Edge padding by 0.3 of the side keeps the zero-filled corners of any rotation up to 45°
     # outside the central crop (they start at 1/√2 - 1/2 ≈ 0.21 of the side).
     pad = int(np.ceil(0.3 * max(height, width)))
-    padded = TF.pad(x, [pad] * 4, padding_mode="edge")
+    padded = _pad_edge(x, pad)
     out = torch.empty_like(x)
     for value, angle in ((0, degrees), (1, -degrees)):
         chosen = sign == value
-        turned = TF.rotate(padded[chosen], angle, interpolation=InterpolationMode.BILINEAR)
-        out[chosen] = TF.center_crop(turned, [height, width])
+        out[chosen] = _center_crop(rotate_bilinear(padded[chosen], angle), height, width)
     return out
 
 
 def _lower_resolution(x: Tensor, factor: int) -> Tensor:
     height, width = x.shape[-2:]
-    small = TF.resize(x, [max(height // factor, 1), max(width // factor, 1)], antialias=True)
-    return TF.resize(small, [height, width], interpolation=InterpolationMode.BILINEAR)
+    small = _resize(x, max(height // factor, 1), max(width // factor, 1), antialias=True)
+    # torchvision's `resize` antialiases by default, upscaling too (where it changes nothing).
+    return _resize(small, height, width, antialias=True)
 
 
 def perturb(images: Tensor, perturbation: Perturbation, generator: torch.Generator) -> Tensor:

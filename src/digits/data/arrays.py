@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from digits.data.sources import (
     MANIFEST,
@@ -94,6 +93,10 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.nda
     """Sorted indices of a class-stratified subset of `size` samples (all indices when None)."""
     if size is None or size >= len(labels):
         return np.arange(len(labels))
+    # Imported here: scikit-learn brings SciPy's statistics, seconds of start-up that a stage on
+    # the whole data set has no use for.
+    from sklearn.model_selection import train_test_split
+
     chosen, _ = train_test_split(
         np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
     )

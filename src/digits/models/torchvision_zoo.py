@@ -16,21 +16,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torchvision import models
-from torchvision.models import VGG, AlexNet, ResNet, WeightsEnum
 
 from digits.errors import DigitsError
 from digits.models import InputSpec, ModelArgs, Normalization, register_model
 
+if TYPE_CHECKING:
+    from torchvision.models import VGG, AlexNet, ResNet, WeightsEnum
+
 NATIVE_SIZE = 224
 Net = TypeVar("Net", bound=nn.Module)
-Classic = TypeVar("Classic", AlexNet, VGG)  # a `classifier` Sequential ending in 4096 -> 1000
+Classic = TypeVar("Classic", "AlexNet", "VGG")  # a `classifier` Sequential ending in 4096 -> 1000
 DISABLE_HINT = "set zoo.models.<label>.args.pretrained: false to train from scratch"
 
 
@@ -71,6 +73,15 @@ class ResNetArgs(ImageNetArgs):
     """
 
     stem: Literal["imagenet", "cifar"] = "imagenet"
+
+
+def _torchvision_models() -> ModuleType:
+    """`torchvision.models`, imported when one of these networks is built: importing torchvision
+    imports all of it (detection ops, datasets, video), seconds that a stage training only
+    LeNet-5 or the MLP need not spend."""
+    from torchvision import models
+
+    return models
 
 
 def _normalization(pretrained: bool) -> Normalization:
@@ -234,6 +245,7 @@ def _input_spec(min_size: int) -> Callable[[ImageNetArgs], InputSpec]:
     pretrained=lambda a: a.pretrained,
 )
 def alexnet(args: AlexNetArgs, channels: int, side: int, num_classes: int) -> AlexNet:
+    models = _torchvision_models()
     return _classifier_network(
         models.alexnet, models.AlexNet_Weights.IMAGENET1K_V1, args.pretrained, num_classes
     )
@@ -247,6 +259,7 @@ def alexnet(args: AlexNetArgs, channels: int, side: int, num_classes: int) -> Al
     pretrained=lambda a: a.pretrained,
 )
 def vgg16(args: VGG16Args, channels: int, side: int, num_classes: int) -> VGG:
+    models = _torchvision_models()
     return _classifier_network(
         models.vgg16, models.VGG16_Weights.IMAGENET1K_V1, args.pretrained, num_classes
     )
@@ -260,6 +273,7 @@ def vgg16(args: VGG16Args, channels: int, side: int, num_classes: int) -> VGG:
     pretrained=lambda a: a.pretrained,
 )
 def resnet18(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
+    models = _torchvision_models()
     return _resnet(
         models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, args, channels, num_classes
     )
@@ -273,6 +287,7 @@ def resnet18(args: ResNetArgs, channels: int, side: int, num_classes: int) -> Re
     pretrained=lambda a: a.pretrained,
 )
 def resnet50(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
+    models = _torchvision_models()
     return _resnet(
         models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, args, channels, num_classes
     )
@@ -286,6 +301,7 @@ def resnet50(args: ResNetArgs, channels: int, side: int, num_classes: int) -> Re
     pretrained=lambda a: a.pretrained,
 )
 def resnet101(args: ResNetArgs, channels: int, side: int, num_classes: int) -> ResNet:
+    models = _torchvision_models()
     return _resnet(
         models.resnet101, models.ResNet101_Weights.IMAGENET1K_V2, args, channels, num_classes
     )

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.robustness import CLEAN, FAMILIES, ROBUST_PREFIX, Perturbation, perturbations
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RobustnessScores = Mapping[str, Mapping[str, float]]
 """{model name: {`robust/<name>` metric: accuracy}}, as `robustness_scores` returns per model."""
@@ -139,6 +142,8 @@ def robustness_figure(scores: RobustnessScores, title: str = "Robustness") -> Fi
     Each line starts at the model's clean accuracy, drawn at the family's no-change strength
     (0, or a downsampling factor of 1). The caller saves the figure.
     """
+    from matplotlib.figure import Figure  # here: a flow imports this module before it draws
+
     scored = scored_perturbations(scores)
     families = [name for name in FAMILIES if any(p.family == name for p in scored)]
     columns = min(len(families), 4) or 1

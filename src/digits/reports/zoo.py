@@ -20,7 +20,6 @@ import pandas as pd
 from digits.files import save_figure_atomic, write_text_atomic
 from digits.metrics import confusion_records
 from digits.reports.robustness import robustness_table, scored_perturbations
-from digits.reports.zoo_figures import zoo_figures
 from digits.studies.svhn_zoo import (
     ORIGINAL_TABLE2,
     OUR_AUGMENTATION,
@@ -414,6 +413,9 @@ def write_zoo_report(
     metrics = _metrics(rows, str(table.loc[0, "model"]), synthetic, profile)
     write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     _write_curves(zoo, paths["learning_curves"], rows, confusions, histories)
+
+    # matplotlib is imported once the figures are drawn, not with the flow that writes them.
+    from digits.reports.zoo_figures import zoo_figures
 
     for key, figure in zoo_figures(dataset, rows, confusions, histories, synthetic):
         save_figure_atomic(figure, paths[key], dpi=120)

@@ -63,12 +63,13 @@ def package_source(destination: Path) -> Path:
 
 
 def _pip_requirements() -> list[str]:
-    import torch
-    import torchvision
+    from importlib.metadata import version
 
+    # The installed versions, read from the package metadata: importing torchvision only to ask
+    # its version would cost the stage its seconds of import.
     return [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"torch=={version('torch').split('+')[0]}",
+        f"torchvision=={version('torchvision').split('+')[0]}",
         "safetensors",
         "pydantic>=2.7,<3",
         "numpy",
