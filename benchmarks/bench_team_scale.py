@@ -1,10 +1,10 @@
 """The team services past this machine, by simulation: what saturates first, at what rate.
 
 1. The sweep machinery (`SweepDriver`, the flow's `PrefectSubmitter` on Dask and `MlflowRecorder`)
-   over 1, 2, 4, 8, 16, 32 simulated workers against the team services: fold tasks that sleep
-   `--seconds` (`scale_sweep.py`), workers as `distributed.Worker`s of one thread each, several
-   to a process (`scale_workers.py`), on loopback. Prints trials/s against workers (ideal and
-   measured), the per-trial overhead, and the CPU each process used over each sweep.
+   over 1, 2, 4, 8, 16, 32 simulated workers (`--quick`: 1, 8, 32) against the team services:
+   fold tasks that sleep `--seconds` (`scale_sweep.py`), workers as `distributed.Worker`s of one
+   thread each, several to a process (`scale_workers.py`), on loopback. Prints trials/s against
+   workers (ideal and measured), the per-trial overhead, and the CPU each process used.
 2. The same sweep at 1 and 8 workers on the local shape (SQLite store, the project's Prefect
    server, a `LocalCluster` of worker processes), for the overhead of team against local.
 3. N sweeps' recorders at once against the team's MLflow server, N = 1, 2, 4, ... until the first
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from digits.edges.project_server import stop_server
-from digits.files import save_figure_atomic, write_text_atomic
 from digits.edges.services import Project, read_client_file
 from digits.edges.team.layout import load_layout
 from digits.edges.team.stack import service_pid, services
+from digits.files import save_figure_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -133,7 +133,13 @@ def team_part(args: argparse.Namespace, state: Path) -> tuple[list[dict], list[d
             "--service-pids", json.dumps({k: v for k, v in pids.items() if v}),
             "--artifacts", artifacts,
         )  # fmt: skip
-    probe_env = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    # Retries off, so a refused call is an error rather than a wait; a connection per client
+    # (the clients are threads of one process, which would otherwise share a pool of 10).
+    probe_env = {
+        **env,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_POOL_MAXSIZE": str(args.probe_cap),
+    }
     probe_args = ["--cap", str(args.probe_cap), "--trials", str(args.probe_trials)]
     probe = run_child("scale_probe.py", probe_env, *probe_args)
     return curve, probe
@@ -153,8 +159,8 @@ def local_part(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def overhead_per_trial(row: dict[str, Any]) -> float:
-    """Worker-seconds a trial took beyond its folds' sleep: wall x workers / trials - folds x s."""
-    return row["wall_s"] * row["workers"] / row["trials"] - row["folds"] * row["seconds"]
+    """Wall seconds per trial beyond the ideal: its folds' sleep shared by the workers."""
+    return row["wall_s"] / row["trials"] - row["folds"] * row["seconds"] / row["workers"]
 
 
 def print_curve(curve: list[dict[str, Any]]) -> None:
@@ -209,7 +215,26 @@ def print_probe(probe: list[dict[str, Any]], cap: int) -> None:
     if failed:
         print(f"first error at {failed[0]['clients']} at once: {failed[0]['first_error']}")
     elif probe:
-        print(f"no error up to {probe[-1]['clients']} at once (the cap is {cap})")
+        print(f"no error up to {probe[-1]['clients']} at once")
+
+
+def print_saturation(curve: list[dict[str, Any]], probe: list[dict[str, Any]]) -> None:
+    """What saturates first: the driver's share of wall in MLflow calls against the processes'."""
+    if not curve:
+        return
+    last = curve[-1]
+    in_mlflow = (last["driver_s"]["recorder"] + last["driver_s"]["record_epochs"]) / last["wall_s"]
+    busiest = max(COMPONENTS, key=lambda c: last["cpu_s"].get(c, 0.0))
+    peak = max(curve, key=lambda row: row["trials"] / row["wall_s"])
+    print(f"\nat {last['workers']} workers the driver spent {in_mlflow:.0%} of its wall in MLflow "
+          f"calls, one at a time; the busiest process: {busiest}, "
+          f"{last['cpu_s'].get(busiest, 0.0) / last['wall_s']:.2f} cores")  # fmt: skip
+    print(f"the sweep peaked at {peak['trials'] / peak['wall_s']:.2f} trials/s "
+          f"({peak['workers']} worker(s))")  # fmt: skip
+    if probe:
+        best = max(probe, key=lambda row: row["trials_per_s"])
+        print(f"the MLflow server took at most {best['trials_per_s']:.1f} trials/s "
+              f"({best['clients']} recorders at once)")  # fmt: skip
 
 
 def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
@@ -238,29 +263,39 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--use-running", action="store_true", help="the services in --state")
     parser.add_argument("--state", type=Path, default=Path(".team"))
     parser.add_argument("--port-base", type=int, default=4790, help="of the services started")
-    parser.add_argument("--workers", default="1,2,4,8,16,32")
+    parser.add_argument("--workers", help="counts (default 1,2,4,8,16,32; 1,8,32 with --quick)")
     parser.add_argument("--worker-processes", type=int, default=1, help="per added step")
     parser.add_argument("--seconds", type=float, default=0.2, help="each fold task's sleep")
     parser.add_argument("--out-dir", type=Path, default=HERE / "out")
+    parser.add_argument("--report", type=Path, help="print a saved team_scale.json; run nothing")
     args = parser.parse_args()
-    args.workers = [int(w) for w in args.workers.split(",")]
-    # A sweep's driver records trials one call at a time: more trials per worker only
-    # lengthen the run at the rate it saturates at (see README, "Working as a team").
-    args.folds, args.trials_per_worker, args.min_trials = (2, 1, 4) if args.quick else (3, 2, 8)
-    args.probe_cap, args.probe_trials = (32, 1) if args.quick else (128, 3)
+    default_workers = "1,8,32" if args.quick else "1,2,4,8,16,32"
+    args.workers = [int(w) for w in (args.workers or default_workers).split(",")]
+    # As many trials as workers (a trial's folds run one after another, so fewer would leave
+    # workers idle), no more: a sweep's driver records one MLflow call at a time and saturates
+    # long before 32 workers, so more trials only lengthen the run at that rate.
+    args.folds, args.trials_per_worker, args.min_trials = (2, 1, 4) if args.quick else (3, 1, 8)
+    args.probe_cap, args.probe_trials = (16, 1) if args.quick else (128, 1)
     return args
 
 
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    with team_services(args) as state:
-        curve, probe = team_part(args, state)
-    local = local_part(args)
+    if args.report:  # a saved run's results, printed again
+        saved = json.loads(args.report.read_text())
+        curve, local, probe = saved["curve"], saved["local"], saved["probe"]
+    else:
+        with team_services(args) as state:
+            curve, probe = team_part(args, state)
+        local = local_part(args)
     print_curve(curve)
     print_shares(curve)
     print_local(curve, local)
     print_probe(probe, args.probe_cap)
+    print_saturation(curve, probe)
+    if args.report:
+        return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = {"curve": curve, "local": local, "probe": probe}
     write_text_atomic(args.out_dir / "team_scale.json", json.dumps(results, indent=1))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import subprocess
 import sys
 import time
@@ -36,10 +35,10 @@ set_prefect_defaults()
 
 import psutil  # noqa: E402
 from flows.adapters import MlflowRecorder, PrefectSubmitter  # noqa: E402
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect import flow  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.futures import wait  # noqa: E402
+from scale_task import simulated_fold  # noqa: E402
 
 from digits.config import ComputeConfig, Recipe, SearchConfig, TrackingConfig  # noqa: E402
 from digits.edges.dask_runner import plan_placement, task_runner  # noqa: E402
@@ -50,21 +49,6 @@ from digits.training.recipe import FoldResult  # noqa: E402
 
 EXPERIMENT = "scale-simulation"
 HERE = Path(__file__).resolve().parent
-
-
-@task(cache_policy=NO_CACHE, persist_result=False)
-def simulated_fold(seconds: float, epochs: int, seed: int) -> FoldResult:
-    """Sleep `seconds`, then a fold result of the real type with made-up scores."""
-    time.sleep(seconds)
-    rng = random.Random(seed)
-    history = [
-        {"epoch": float(e), "train_loss": 1 / e, "train_accuracy": 1 - 0.1 / e,
-         "val_loss": 1.1 / e, "val_accuracy": 1 - 0.12 / e + 0.01 * rng.random(),
-         "seconds": seconds / epochs}
-        for e in range(1, epochs + 1)
-    ]  # fmt: skip
-    last = history[-1]
-    return FoldResult(last["val_accuracy"], last["val_loss"], history, seconds)
 
 
 class SimulatedEngine:
@@ -104,7 +88,10 @@ class SimulatedSubmitter(PrefectSubmitter):
 
     def wait(self) -> list[FoldEvent]:
         started = time.perf_counter()
-        events = super().wait()
+        events = [
+            FoldEvent(e.fit, FoldResult(**e.outcome)) if isinstance(e.outcome, dict) else e
+            for e in super().wait()
+        ]
         waited = time.perf_counter()
         for event in events:  # what the progress feed delivers to Engine._record_epochs
             if isinstance(event.outcome, FoldResult):

@@ -21,8 +21,13 @@ from pathlib import Path
 
 async def serve(address: str, count: int, certs: Path) -> None:
     """Run `count` workers of the scheduler at `address` until SIGTERM or SIGINT."""
+    import dask
     from distributed import Worker
     from distributed.security import Security
+
+    # Dask's sampling profiler walks every thread's frames; with several workers in one process
+    # it trips over the others' (AttributeError in distributed.profile), so it is off here.
+    dask.config.set({"distributed.worker.profile.enabled": False})
 
     security = Security(
         tls_ca_file=str(certs / "ca.pem"),
