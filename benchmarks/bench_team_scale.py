@@ -91,10 +91,17 @@ def team_services(args: argparse.Namespace) -> Iterator[Path]:
 
 
 def run_child(script: str, env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    """Run benchmarks/`script` with `args`; its JSON-lines results."""
+    """Run benchmarks/`script`'s `main` with `args`; its JSON-lines results.
+
+    Through ``python -c``, not as a script: a local cluster's worker processes are spawned, and
+    a spawned process imports the parent's main script again (torch and MLflow with it, 0.8 GB
+    and many seconds per worker).
+    """
+    module = script.removesuffix(".py")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
-        command = [sys.executable, str(HERE / script), *args, "--out", str(out)]
+        code = f"import {module}; {module}.main()"
+        command = [sys.executable, "-c", code, *args, "--out", str(out)]
         done = subprocess.run(command, cwd=REPO, env=env, timeout=1200)
         results = (
             [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -203,7 +210,7 @@ def print_local(curve: list[dict[str, Any]], local: list[dict[str, Any]]) -> Non
               f"({t / lo:.1f}x)" if lo > 0 else "")  # fmt: skip
 
 
-def print_probe(probe: list[dict[str, Any]], cap: int) -> None:
+def print_probe(probe: list[dict[str, Any]]) -> None:
     print("\nsweeps' recorders at once against the team's MLflow server (client retries off)")
     for row in probe:
         median = row["median_trial_s"]
@@ -292,7 +299,7 @@ def main() -> None:
     print_curve(curve)
     print_shares(curve)
     print_local(curve, local)
-    print_probe(probe, args.probe_cap)
+    print_probe(probe)
     print_saturation(curve, probe)
     if args.report:
         return
