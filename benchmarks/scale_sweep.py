@@ -220,7 +220,8 @@ def simulated_sweeps(
             result = one_sweep(config, groups)
             with Path(out).open("a") as file:
                 file.write(json.dumps(result) + "\n")
-            print(f"{config['shape']} {config['workers']:3d} worker(s): {result['wall_s']:.2f} s", flush=True)
+            done = f"{config['shape']} {config['workers']:3d} worker(s): {result['wall_s']:.2f} s"
+            print(done, flush=True)
 
 
 def workers_now() -> int:
