@@ -94,8 +94,8 @@ def run_child(script: str, env: dict[str, str], *args: str) -> list[dict[str, An
     """Run benchmarks/`script`'s `main` with `args`; its JSON-lines results.
 
     Through ``python -c``, not as a script: a local cluster's worker processes are spawned, and
-    a spawned process imports the parent's main script again (torch and MLflow with it, 0.8 GB
-    and many seconds per worker).
+    a spawned process imports the parent's main script again (with all it imports); a ``-c``
+    parent has none.
     """
     module = script.removesuffix(".py")
     with tempfile.TemporaryDirectory() as tmp:
