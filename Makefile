@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DIGITS_DATA_MIRRORS ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-robustness bench-restore ui prefect-ui clean
+.PHONY: setup study quick plots test chromium test-fast lint typecheck bench bench-packed bench-zoo bench-robustness bench-restore bench-team-scale ui prefect-ui clean
 
 setup: $(VENV)/.installed node_modules/.package-lock.json
 
@@ -87,6 +87,9 @@ bench-robustness: setup  ## what scoring the changed test sets adds to a final f
 
 bench-restore: setup  ## the registry rebuilt from models/ into a fresh store, each model's time beside its final fit's
 	$(BIN)/python benchmarks/bench_registry_restore.py
+
+bench-team-scale: setup  ## the team services past this machine, simulated: 1-32 workers, team vs local, recorders at once; e.g. ARGS="--quick" or "--use-running"
+	$(BIN)/python benchmarks/bench_team_scale.py $(ARGS)
 
 bench-packed: setup  ## Table 1 packed vs unpacked vs plain loop; e.g. ARGS="--device cuda" or "--epochs 2 --train-subset 12000"
 	$(BIN)/python benchmarks/bench_packed_sweep.py $(ARGS)
