@@ -622,3 +622,78 @@ def test_a_model_of_the_team_registry_answers_through_mlflow_models_serve(team: 
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["served"]) == 16 and answers["served"] == answers["in_process"], answers
+
+
+# ----------------------------------------------------------------- the UIs in a browser, logged in
+
+BROWSE_LOGGED_IN = """
+import contextlib, json, os, sys
+from mlflow.tracking import MlflowClient
+from playwright.sync_api import Error, expect, sync_playwright
+mlflow_url, user, password = (os.environ[k] for k in (
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
+prefect_url = os.environ["PREFECT_API_URL"].removesuffix("/api")
+client = MlflowClient()
+experiment = client.get_experiment_by_name("digits-mnist")
+runs = client.search_runs([experiment.experiment_id])
+sweep = next(r.info.run_name for r in runs if r.info.run_name.startswith("sweep-"))
+seen = {}
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(
+        executable_path=sys.argv[1], args=["--no-sandbox", "--disable-gpu"], headless=True
+    )
+    expect.set_options(timeout=60_000)
+    page = browser.new_context().new_page()
+    try:  # no credentials: the server answers 401, which Chromium shows as an error page
+        seen["mlflow_without_credentials"] = page.goto(mlflow_url + "/").status
+    except Error as error:
+        seen["mlflow_without_credentials"] = str(error).splitlines()[0]
+    context = browser.new_context(http_credentials={"username": user, "password": password})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(mlflow_url + "/#/experiments/" + experiment.experiment_id + "/runs")
+    with contextlib.suppress(Error):  # a first visit's announcement
+        page.get_by_role("dialog").get_by_role("button", name="Close").click(timeout=5_000)
+    page.get_by_role("button", name="Model training").click()
+    page.goto(mlflow_url + "/#/experiments/" + experiment.experiment_id + "/runs")
+    expect(page.get_by_text(f"{len(runs)} matching runs")).to_be_visible()
+    expect(page.get_by_text(sweep).first).to_be_visible()
+    page.screenshot(path=sys.argv[2] + "/team-mlflow-runs.png")
+    seen["mlflow_runs"] = [len(runs), sweep]
+    page = browser.new_context().new_page()  # Prefect's UI asks for the auth string
+    page.set_default_timeout(60_000)
+    page.goto(prefect_url + "/runs")
+    login = page.get_by_role("button", name="Login")
+    expect(login).to_be_visible()
+    page.locator("input").first.fill(os.environ["PREFECT_API_AUTH_STRING"])
+    login.click()
+    expect(page.get_by_text("tune-mnist").first).to_be_visible()
+    page.screenshot(path=sys.argv[2] + "/team-prefect-runs.png")
+    seen["prefect_after_login"] = True
+    browser.close()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.browser
+def test_the_browser_logs_in_to_the_team_uis_and_finds_the_runs(
+    team: Hosts, tmp_path: Path
+) -> None:
+    pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("no Chromium: apt-get install chromium (make chromium)")
+    if not _registry(team)["runs"]:  # run alone: the sweep test records these runs first
+        assert _flow(team, {}).returncode == 0
+    erin = _user(team, "erin")
+    tmp_path.chmod(0o777)
+    browse = [sys.executable, "-c", BROWSE_LOGGED_IN, chromium, str(tmp_path)]
+    done = team.run(team.server, browse, env={**_client_env(team), **erin}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "ERR_INVALID_AUTH_CREDENTIALS" in str(seen["mlflow_without_credentials"]), seen
+    assert seen["mlflow_runs"][0] >= 4 and seen["prefect_after_login"], seen
+    screenshots = REPO / "reports" / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    for shot in tmp_path.glob("team-*.png"):
+        shutil.copy2(shot, screenshots / shot.name)
