@@ -114,7 +114,7 @@ prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200: the project's server 
 
 # The team services (README: Working as a team), state and secrets in .team/.
 # `make team-up ARGS="--host 10.0.0.5 --port-base 4340"` binds them to a host's address.
-.PHONY: team-up team-down team-status postgres
+.PHONY: team-up team-down team-status team-pool-worker postgres
 team-up: setup  ## PostgreSQL, the S3 store, MLflow, Prefect and a TLS Dask scheduler, health-checked
 	$(BIN)/python -m digits.edges.team up $(ARGS)
 
@@ -123,6 +123,9 @@ team-down: setup  ## stop the team services, in reverse order
 
 team-status: setup  ## each team service: up or down, address, pid, memory
 	$(BIN)/python -m digits.edges.team status
+
+team-pool-worker: setup  ## deploy the flows (prefect.yaml) and run the team work pool's worker here
+	$(BIN)/python -m digits.edges.team pool-worker
 
 clean:
 	rm -rf data reports/validation reports/theory reports/mnist

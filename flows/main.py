@@ -18,6 +18,10 @@ from digits.errors import DiskFull, TrainingDiverged
 if TYPE_CHECKING:
     from digits.edges.tracking import TrackingStore
 
+# A flow run started from a deployment carries its params overrides as Prefect tags with this
+# prefix (`flows.deployed`); its MLflow runs carry them as the tag `params_overrides`.
+OVERRIDE_TAG = "override:"
+
 
 def retry_unless_diverged(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures; a NaN loss is deterministic under the seed and would fail again.
@@ -71,8 +75,8 @@ def models_folder(experiment: str, report_dir: str, default_report_dir: str) -> 
 
 
 def flow_run_tags() -> dict[str, str]:
-    """The current Prefect flow run's id and UI page, and the DVC experiment the run belongs to
-    (when DVC started it as one), as MLflow tags."""
+    """The current Prefect flow run's id and UI page, the DVC experiment the run belongs to
+    (when DVC started it as one) and the params overrides of a deployed run, as MLflow tags."""
     from prefect.context import FlowRunContext
 
     from digits.edges.prefect_server import prefect_ui_url
@@ -85,6 +89,10 @@ def flow_run_tags() -> dict[str, str]:
     url = prefect_ui_url(flow_run_id)
     if url:
         tags["prefect_flow_run_url"] = url
+    run_tags = context.flow_run.tags if context and context.flow_run else []
+    overrides = sorted(t.removeprefix(OVERRIDE_TAG) for t in run_tags if t.startswith(OVERRIDE_TAG))
+    if overrides:
+        tags["params_overrides"] = "; ".join(overrides)
     return tags
 
 

@@ -12,7 +12,13 @@ from mlflow.tracking import MlflowClient
 from digits.config import TrackingConfig
 from digits.edges import registry
 from digits.edges.cli import main
-from digits.edges.tracking import TrackingStore, VersionFacts, open_tracking_store
+from digits.edges.tracking import (
+    AliasRace,
+    Models,
+    TrackingStore,
+    VersionFacts,
+    open_tracking_store,
+)
 from digits.errors import DigitsError
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -187,6 +193,25 @@ def test_engine_promotion_only_of_the_new_version(store: TrackingStore) -> None:
     better = _version(store, "e", 0.985, FULL)
     assert registry.promote_if_better(store, "e", better).promoted
     assert _champion("e") == better
+
+
+def test_a_champion_named_by_another_flow_meanwhile_is_decided_against_not_overwritten(
+    store: TrackingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two sweeps register one name at once and both find no champion: the one that sets the
+    # alias second must compare itself with the first's champion, not fail or overwrite it.
+    better = _version(store, "race", 0.99, FULL)
+    worse = _version(store, "race", 0.97, FULL)
+    set_alias = Models.set_alias
+
+    def other_flow_first(self: Models, name: str, alias: str, version: str) -> None:
+        monkeypatch.setattr(Models, "set_alias", set_alias)
+        set_alias(self, name, alias, better)  # the other flow's champion lands first,
+        raise AliasRace("the store refused the second insert")  # as PostgreSQL's key does
+
+    monkeypatch.setattr(Models, "set_alias", other_flow_first)
+    decision = registry.promote_if_better(store, "race", worse)
+    assert not decision.promoted and _champion("race") == better, decision
 
 
 def test_set_alias_by_hand_and_unknown_version(store: TrackingStore) -> None:

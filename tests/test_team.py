@@ -458,3 +458,167 @@ def test_two_users_sweep_at_once_into_one_registered_model(team: Hosts) -> None:
     assert users_of_runs.count("bob") == users_of_runs.count("carol") == 4, seen["run_users"]
     assert sorted(seen["versions"]) == ["1", "2"], seen  # type: ignore[type-var]
     assert len(set(seen["version_runs"])) == 2, seen  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- runs started from the Prefect UI
+
+DEPLOYED_OVERRIDES = {
+    "seed": 7,  # the tiny project's params say 0
+    "mnist.search.grid.model": {"activation": ["sigmoid"], "width": [8]},
+    "mnist.registered_model": "deployed-mlp",
+    "tracking.experiment_prefix": "deployed",
+}
+
+
+@contextlib.contextmanager
+def _pool_worker(hosts: Hosts) -> Iterator[Path]:
+    """`pool-worker` in the server's namespace, in the project (a git checkout of its params)."""
+    from digits.edges.team.daemons import stop_pid
+
+    project = hosts.project
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
+    if not (project / ".git").is_dir():
+        steps = (["init", "-q"], ["add", "params.yaml", "prefect.yaml"], ["commit", "-qm", "p"])
+        for args in steps:
+            subprocess.run([*git, *args], check=True, capture_output=True)
+    log_path = project / "pool-worker.log"
+    command = [sys.executable, "-m", "digits.edges.team", "pool-worker", "--name", "server"]
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            ["ip", "netns", "exec", hosts.server, *command],
+            cwd=project,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "Worker 'server' started" not in log_path.read_text(errors="replace"):
+            assert worker.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the pool worker did not start in 180 s"
+            time.sleep(0.5)
+        yield log_path
+    finally:
+        stop_pid(worker.pid)  # an idle Prefect worker ignores one SIGTERM: stop_pid sends two
+
+
+# What the UI's "Run" button does: a flow run of the deployment, made through Prefect's API, with
+# the form's parameters; then its state, polled until final.
+START_FROM_DEPLOYMENT = """
+import json, sys, time
+from prefect import get_client
+from prefect.deployments import run_deployment
+run = run_deployment(sys.argv[1], parameters=json.loads(sys.argv[2]), timeout=0)
+with get_client(sync_client=True) as client:
+    deadline = time.monotonic() + float(sys.argv[3])
+    while not (state := client.read_flow_run(run.id).state).is_final():
+        assert time.monotonic() < deadline, f"flow run {run.id} still {state.name}"
+        time.sleep(1)
+print(json.dumps({"id": str(run.id), "state": state.name, "message": state.message}))
+"""
+
+
+def test_a_run_started_from_a_deployment_runs_on_the_pool_worker_with_its_overrides(
+    team: Hosts,
+) -> None:
+    from digits.data.arrays import prepared_checksum
+
+    _wait_workers(team, 2)
+    _tiny_project_once(team)
+    with _pool_worker(team) as log:
+        parameters = json.dumps({"overrides": DEPLOYED_OVERRIDES})
+        script = [sys.executable, "-c", START_FROM_DEPLOYMENT, "tune-mnist-deployed/tune-mnist"]
+        client = {**_client_env(team), "PREFECT_HOME": str(team.project / ".prefect-client")}
+        done = team.run(team.server, [*script, parameters, "240"], env=client, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + log.read_text()[-3000:]
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    assert state["state"] == "Completed", (state, log.read_text()[-3000:])
+    assert f"submitting flow run '{state['id']}'" in log.read_text()  # the pool worker ran it
+    script = (
+        "import json; from mlflow.tracking import MlflowClient; c = MlflowClient(); "
+        "e = c.get_experiment_by_name('deployed-mnist'); "
+        "print(json.dumps([[r.info.run_name, r.data.params, r.data.tags] "
+        "for r in c.search_runs([e.experiment_id])]))"
+    )
+    read = team.run(team.server, [sys.executable, "-c", script], env=_client_env(team))
+    assert read.returncode == 0, read.stderr
+    runs = json.loads(read.stdout.strip().splitlines()[-1])
+    sweep = [(params, tags) for name, params, tags in runs if name.startswith("sweep-")]
+    assert len(sweep) == 1 and len(runs) == 3, [name for name, _, _ in runs]  # sweep, trial, fit
+    params, tags = sweep[0]
+    assert params["seed"] == "7"  # the override, not the params file's
+    commit = subprocess.run(
+        ["git", "-C", str(team.project), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert tags["git_commit"] == commit and tags["git_dirty"] == "false", tags
+    assert tags["data_checksum"] == prepared_checksum("mnist", team.project / "data")
+    assert "seed=7" in tags["params_overrides"].split("; "), tags
+    for _, _, run_tags in runs:  # every run of the study carries the same provenance
+        assert run_tags["params_overrides"] == tags["params_overrides"]
+        assert run_tags["git_commit"] == commit
+
+
+# ------------------------------------------------------------- a registered model served by MLflow
+
+SERVE_AND_ASK = """
+import json, sys, time, urllib.request
+import mlflow, numpy as np
+port, model, images = int(sys.argv[1]), sys.argv[2], np.load(sys.argv[3])[:16]
+deadline = time.monotonic() + 150
+while True:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+            break
+    except OSError:
+        assert time.monotonic() < deadline, "the model server did not answer in 150 s"
+        time.sleep(0.5)
+request = urllib.request.Request(
+    f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
+    headers={"Content-Type": "application/json"},
+)
+with urllib.request.urlopen(request, timeout=60) as reply:
+    served = [row["digit"] for row in json.loads(reply.read())["predictions"]]
+in_process = mlflow.pyfunc.load_model(model).predict(images)["digit"].tolist()
+print(json.dumps({"served": served, "in_process": in_process}))
+"""
+
+
+def _serve(hosts: Hosts, model: str, credentials: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`mlflow models serve` of `model` from the team registry, in the server's namespace."""
+    bin_dir = str(Path(sys.executable).parent)  # the server starts this environment's uvicorn
+    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", model, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", "5301"]
+    env = {**_env(), **credentials, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["MLFLOW_TRACKING_URI"] = _client_env(hosts)["MLFLOW_TRACKING_URI"]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", hosts.server, *command],
+        cwd=hosts.project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its uvicorn worker is stopped with it
+    )
+
+
+def test_a_model_of_the_team_registry_answers_through_mlflow_models_serve(team: Hosts) -> None:
+    from digits.edges.team.daemons import stop_pid
+
+    if not _registry(team)["versions"]:  # run alone: the sweep test registers team-mlp first
+        assert _flow(team, {}).returncode == 0
+    model = "models:/team-mlp/1"
+    dave = _user(team, "dave")
+    refused = _serve(team, model, {**dave, "MLFLOW_TRACKING_PASSWORD": "wrong"})
+    output, _ = refused.communicate(timeout=120)
+    assert refused.returncode != 0 and b"401" in output, output[-2000:]
+    server = _serve(team, model, dave)
+    try:
+        images = team.project / "data" / "prepared" / "mnist" / "test_images.npy"
+        ask = [sys.executable, "-c", SERVE_AND_ASK, "5301", model, str(images)]
+        done = team.run(team.server, ask, env={**_client_env(team), **dave}, timeout=240)
+    finally:
+        stop_pid(server.pid)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(answers["served"]) == 16 and answers["served"] == answers["in_process"], answers

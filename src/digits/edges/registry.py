@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from digits.edges.tracking import CHAMPION_ALIAS, TrackingStore, VersionFacts
+from digits.edges.tracking import CHAMPION_ALIAS, AliasRace, TrackingStore, VersionFacts
 from digits.errors import DigitsError
 
 FULL_PROFILE = "full"
@@ -298,16 +298,28 @@ def promote_best(
     The promoted version gets tags: `promotion_reason`, `promotion_metric`, `promotion_value`,
     `promotion_previous_version`, `promotion_previous_value`, `promoted_at`.
 
+    Another flow may name a champion between the decision and the alias (two sweeps registering
+    one name at once): the decision is then made again against it.
+
     Raises:
         DigitsError: a bad name or alias, or no model of that name.
     """
     check_alias(alias)
     if not metric.strip():
         raise DigitsError("--best-by needs a metric name (e.g. accuracy)")
-    versions = _versions(store, name)
-    decision, chosen, holder = decide(versions, metric, alias, candidates, lower_is_better)
+    for _ in range(3):
+        versions = _versions(store, name)
+        decision, chosen, holder = decide(versions, metric, alias, candidates, lower_is_better)
+        if not decision.promoted or chosen is None:
+            return decision
+        try:
+            store.models.set_alias(name, alias, chosen.version)
+            break
+        except AliasRace:  # another flow named a champion meanwhile: decide again against it
+            continue
+    else:
+        raise DigitsError(f"the {alias!r} alias of {name!r} kept changing; try `digits promote`")
     if decision.promoted and chosen is not None:
-        store.models.set_alias(name, alias, chosen.version)
         tags: dict[str, Any] = {
             "promotion_reason": decision.reason,
             "promotion_metric": metric,

@@ -1,10 +1,11 @@
-"""`python -m digits.edges.team up|down|status|add-user NAME|worker|dvc-remote`.
+"""`python -m digits.edges.team up|down|status|add-user NAME|worker|pool-worker|dvc-remote`.
 
 up           start (or find up) every service; write the admin's .team/client.env
 down         stop them, in reverse order
 status       each service: up or down, its address, pid and memory (exit 3 if one is down)
 add-user N   an MLflow user N; writes .team/users/N.env for them
 worker       run a Dask worker of the team's scheduler here (--listen-host: this host's address)
+pool-worker  deploy this checkout's flows (prefect.yaml) and run the work pool's worker here
 dvc-remote   make the S3 store this checkout's DVC remote `team` (keys in .dvc/config.local)
 """
 
@@ -28,9 +29,17 @@ from digits.edges.team.layout import (
     load_layout,
     load_or_make_secrets,
 )
+from digits.edges.team.pool import (
+    WORK_POOL,
+    deploy_flows,
+    ensure_work_pool,
+    pool_worker_command,
+    pool_worker_env,
+)
 from digits.edges.team.remote import configure_dvc_remote
 from digits.edges.team.stack import (
     Service,
+    base_env,
     port_of,
     postgres_bin,
     rclone_bin,
@@ -98,6 +107,14 @@ def up(layout: TeamLayout, project: Path) -> None:
         for service in reversed(started):
             stop_service(layout, service)
         raise
+    pool_env = {
+        **base_env(),
+        "PREFECT_API_URL": layout.prefect_api_url,
+        "PREFECT_API_AUTH_STRING": secrets_.prefect_auth_string,
+        "PREFECT_HOME": str(layout.path("prefect")),
+    }
+    if ensure_work_pool(pool_env):
+        print(f"work pool {WORK_POOL} created (process; run its worker with pool-worker)")
     client_file = layout.path("client.env")
     admin = client_settings(layout, secrets_, ADMIN_USER, secrets_.mlflow_admin_password, project)
     write_client_file(client_file, admin, ADMIN_USER)
@@ -133,6 +150,23 @@ def worker_settings(layout: TeamLayout, project: Path) -> dict[str, str]:
     return {name: client[name] for name in wanted if name in client}
 
 
+def run_pool_worker(project: Path, name: str | None, deploy: bool = True) -> None:
+    """Deploy `project`'s flows and become the work pool's worker (runs until stopped).
+
+    Its flow runs record with this checkout's client settings (``.team/client.env``, or the
+    file ``DIGITS_TEAM_CLIENT`` names): as the MLflow user they name.
+    """
+    from digits.edges.services import Project, read_client_file, team_client_file
+
+    checkout = Project(project)
+    env = pool_worker_env(project, read_client_file(team_client_file(checkout), checkout))
+    if deploy:
+        names = deploy_flows(project, env)
+        print(f"deployed on work pool {WORK_POOL}: {', '.join(names) or 'none'}", flush=True)
+    command = pool_worker_command(name)
+    os.execve(command[0], command, env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digits.edges.team", description=__doc__)
     parser.add_argument("--state", default=STATE_DIR, help="state folder (default .team)")
@@ -149,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Dask worker of the team's scheduler")
     worker.add_argument("--listen-host", default="127.0.0.1")
     worker.add_argument("--threads", type=int, default=1)
+    pool = sub.add_parser("pool-worker", help="deploy the flows and run the work pool's worker")
+    pool.add_argument("--name", help="the worker's name in the Prefect UI")
+    pool.add_argument("--no-deploy", action="store_true", help="run the worker only")
     remote = sub.add_parser("dvc-remote", help="the S3 store as DVC remote `team`")
     remote.add_argument("--name", default="team")
     return parser
@@ -159,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     project = Path.cwd().resolve()
 
     def run() -> int:
+        if args.command == "pool-worker":
+            run_pool_worker(project, args.name, deploy=not args.no_deploy)
         layout = _layout(args)
         if args.command == "up":
             up(layout, project)

@@ -19,7 +19,7 @@ from digits.edges.tracking.links import (
     Links,
     RunRecord,
 )
-from digits.edges.tracking.models import CHAMPION_ALIAS, Models, VersionFacts
+from digits.edges.tracking.models import CHAMPION_ALIAS, AliasRace, Models, VersionFacts
 from digits.edges.tracking.runs import Runs
 from digits.edges.tracking.store import (
     STORE_SCHEMES,
@@ -35,6 +35,7 @@ __all__ = [
     "PREFECT_FLOW_RUN_TAG",
     "STORE_SCHEMES",
     "TRAINED_RUN_TAG",
+    "AliasRace",
     "Links",
     "Models",
     "RunRecord",

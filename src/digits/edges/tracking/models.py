@@ -26,6 +26,10 @@ CHAMPION_ALIAS = "champion"
 PYFUNC_MODEL_FILE = Path(__file__).resolve().parents[1] / "pyfunc_model.py"
 
 
+class AliasRace(Exception):
+    """An alias was created by another client between reading the registry and setting it."""
+
+
 @dataclass(frozen=True)
 class VersionFacts:
     """One registered version as the promotion policy sees it.
@@ -168,8 +172,20 @@ class Models:
         return facts
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point alias `alias` of model `name` at `version` (checked by the registry module)."""
-        self.store.client().set_registered_model_alias(name, alias, version)
+        """Point alias `alias` of model `name` at `version` (checked by the registry module).
+
+        Raises:
+            AliasRace: another client created the alias at the same moment; the store kept
+                theirs (two flows registering one name at once, each the first champion).
+        """
+        try:
+            self.store.client().set_registered_model_alias(name, alias, version)
+        except mlflow.exceptions.MlflowException as error:
+            # PostgreSQL names the key `registered_model_alias_pk`, SQLite the table
+            # `registered_model_aliases`: both mean the alias row was inserted meanwhile.
+            if "registered_model_alias" not in str(error):
+                raise
+            raise AliasRace(f"alias {alias!r} of {name!r} was set by another client") from None
 
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
         """Set tags on a registered version (values cut to MLflow's 5000 characters)."""
