@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 from digits.config import Params, Recipe, SearchConfig
 from digits.data.arrays import prepared_checksum
 from digits.edges import registry
-from digits.edges.dask_runner import Placement, ship_prepared_data, task_slots
+from digits.edges.dask_runner import (
+    Placement,
+    close_local_workers,
+    ship_prepared_data,
+    task_slots,
+)
 from digits.edges.interrupts import deferred_interrupts, raise_if_interrupted, reclaim_sigterm
 from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
@@ -82,6 +87,7 @@ class Engine:
         flow_tags = flow_run_tags()
         self.flow_run_id = flow_tags[PREFECT_FLOW_RUN_TAG]
         self.feed = ProgressFeed(f"digits-progress-{uuid.uuid4().hex}", runner)
+        self._runner = runner
         self.slots = task_slots(placement, runner)
         if placement.kind == "address":  # workers elsewhere may not share the flow's data/
             shipped = ship_prepared_data(runner, data.dataset, data.root, self.checksum)
@@ -331,6 +337,7 @@ class Engine:
         self._record_epochs()
         self._write_records()
         self.feed.close()
+        close_local_workers(self._runner)
         link_mlflow_records(self.tracking, f"{self.experiment} ({self.params.profile})")
         for store in self._stores:
             store.clear()

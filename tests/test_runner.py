@@ -134,3 +134,37 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPat
     finally:
         dask.config.config.clear()
         dask.config.config.update(saved)
+
+
+def test_a_finished_flow_s_local_workers_get_time_to_exit_instead_of_being_killed() -> None:
+    from distributed import Client, LocalCluster
+
+    from digits.edges.dask_runner import close_local_workers
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(_slow_to_close(), name="slow-to-close")
+        (nanny,) = cluster.workers.values()
+        process = nanny.process.process  # the worker's multiprocessing.Process
+        close_local_workers(DaskTaskRunner(client), timeout_s=30)
+    assert process.exitcode == 0  # -9 when Dask's shutdown killed it after 4 s
+
+
+class DaskTaskRunner:  # what `close_local_workers` is given: a runner with a client
+    def __init__(self, client: object) -> None:
+        self.client = client
+
+
+def _slow_to_close() -> object:
+    """A worker plugin whose teardown takes 5 s: longer than Dask's 4 s before it kills."""
+    from distributed import WorkerPlugin
+
+    class SlowToClose(WorkerPlugin):
+        def teardown(self, worker: object) -> None:
+            import time
+
+            time.sleep(5)
+
+    return SlowToClose()

@@ -262,6 +262,36 @@ def configure_worker_threads(compute: ComputeConfig) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+# Seconds a local worker process is given to exit when the flow has finished (Dask's own shutdown
+# gives 4 s, then kills it with a warning).
+WORKER_EXIT_S = 60.0
+
+
+def close_local_workers(task_runner: Any, timeout_s: float = WORKER_EXIT_S) -> None:
+    """Close the workers of the local cluster `task_runner` started, each given `timeout_s`.
+
+    Dask's shutdown gives a worker process 4 s to exit and then kills it ("Worker process still
+    alive after 4.0 seconds, killing"); a worker that has imported torch, Prefect and MLflow can
+    take longer on a busy machine. Called when the flow has finished, so Dask's shutdown finds
+    no worker left to kill. A cluster the flow only connected to (the team's) is left alone.
+    """
+    import asyncio
+
+    client = getattr(task_runner, "client", None) if is_dask_runner(task_runner) else None
+    cluster = getattr(client, "cluster", None)
+    workers = dict(getattr(cluster, "workers", None) or {})
+    if cluster is None or not workers:
+        return
+
+    async def close_all() -> None:
+        await asyncio.gather(
+            *(worker.close(timeout=timeout_s) for worker in workers.values()),
+            return_exceptions=True,
+        )
+
+    cluster.sync(close_all)
+
+
 def is_dask_runner(task_runner: Any) -> bool:
     """Whether `task_runner` is a `prefect_dask.DaskTaskRunner` (checked without importing it)."""
     return type(task_runner).__name__ == "DaskTaskRunner"
