@@ -78,17 +78,13 @@ def run_study(
         What the study's flow returns.
     """
     from digits.config import load_params
-    from digits.edges.dask_runner import plan_placement, task_runner
-    from flows.main import check_services_access
+    from flows.main import placed_flow
 
     params = load_params(params_file, nested_overrides(overrides))
-    check_services_access()
-    most = max_tasks(params, **options) if max_tasks else None
-    placement = plan_placement(params.compute, max_tasks=most)
-    runner = task_runner(params.compute, placement)
+    start = placed_flow(study_flow, params, max_tasks, options)
     # The subflow run carries the overrides as Prefect tags, and its MLflow runs as one tag.
     with tags(*override_tags(overrides)):
-        return study_flow.with_options(task_runner=runner)(params, placement, **options)
+        return start()
 
 
 @flow(name="tune-mnist-deployed")

@@ -163,6 +163,32 @@ def check_services_access() -> None:
         check_team_access(os.environ)
 
 
+def placed_flow(
+    flow: Any,
+    params: Any,
+    max_tasks: Callable[..., int | None] | None,
+    options: dict[str, Any],
+) -> Callable[[], Any]:
+    """Check the services, place `flow`'s tasks and return the call that runs it.
+
+    The part every entry point shares: `main` (a stage's command) and a deployed study
+    (`flows.deployed`) each run the returned call in their own context.
+
+    Args:
+        flow: The Prefect flow; called with `params`, the planned `Placement` and `options`.
+        params: The loaded `Params`.
+        max_tasks: As in `main`.
+        options: The flow's further arguments.
+    """
+    from digits.edges.dask_runner import plan_placement, task_runner
+
+    check_services_access()
+    most = max_tasks(params, **options) if max_tasks else None
+    placement = plan_placement(params.compute, max_tasks=most)
+    runner = task_runner(params.compute, placement)
+    return lambda: flow.with_options(task_runner=runner)(params, placement, **options)
+
+
 def main(
     flow: Callable[..., Any],
     description: str,
@@ -183,7 +209,6 @@ def main(
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
-    from digits.edges.dask_runner import plan_placement, task_runner
     from digits.edges.exits import run_or_exit
     from digits.edges.interrupts import handle_interrupts
     from digits.edges.prefect_server import shared_prefect_api
@@ -203,13 +228,9 @@ def main(
     handle_interrupts()
 
     def run() -> Any:
-        params = load_params(args.params)
-        check_services_access()
-        most = max_tasks(params, **options) if max_tasks else None
-        placement = plan_placement(params.compute, max_tasks=most)
-        runner = task_runner(params.compute, placement)
+        start = placed_flow(flow, load_params(args.params), max_tasks, options)
         with shared_prefect_api():
-            return flow.with_options(task_runner=runner)(params, placement, **options)  # type: ignore[attr-defined]
+            return start()
 
     run_or_exit(run)
     _exit_without_teardown()
