@@ -283,7 +283,10 @@ def start_mlflow(layout: TeamLayout, secrets: Secrets) -> int | None:
         "--port",
         str(layout.ports.mlflow),
     ]
-    command += ["--workers", "2"]
+    # MLflow's security middleware accepts the UI's POSTs only from localhost origins by default:
+    # served at any other address, its own pages' searches were refused (403, shown as "Request
+    # error INTERNAL_ERROR" in the runs table). The server's own address is the origin to allow.
+    command += ["--cors-allowed-origins", layout.mlflow_url, "--workers", "2"]
     env = {
         **base_env(),
         **s3_env(layout, secrets),
