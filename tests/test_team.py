@@ -622,3 +622,134 @@ def test_a_model_of_the_team_registry_answers_through_mlflow_models_serve(team: 
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["served"]) == 16 and answers["served"] == answers["in_process"], answers
+
+
+# ----------------------------------------------------------------- the UIs in a browser, logged in
+
+RECORD_AS_USER = """
+import json, sys
+from mlflow.tracking import MlflowClient
+from prefect import flow
+experiment, model, flow_name = sys.argv[1:4]
+def flow_run_name():
+    from prefect.runtime import flow_run
+    return flow_run.name
+flow_run = flow(name=flow_name)(flow_run_name)()
+client = MlflowClient()
+run = client.create_run(client.create_experiment(experiment), run_name="browse-run")
+client.log_param(run.info.run_id, "width", 8)
+client.log_metric(run.info.run_id, "accuracy", 0.875)
+client.log_text(run.info.run_id, "the model's files stand in here", "model/README.txt")
+client.set_terminated(run.info.run_id)
+client.create_registered_model(model)
+version = client.create_model_version(model, f"runs:/{run.info.run_id}/model", run.info.run_id)
+print(json.dumps({"experiment_id": run.info.experiment_id, "version": version.version,
+                  "flow_run": flow_run}))
+"""
+
+BROWSE_LOGGED_IN = """
+import contextlib, json, os, sys
+from playwright.sync_api import Error, expect, sync_playwright
+chromium, shots, experiment_id, model, version, flow_name = sys.argv[1:7]
+mlflow_url = os.environ["MLFLOW_TRACKING_URI"]
+user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+prefect_url = os.environ["PREFECT_API_URL"].removesuffix("/api")
+seen = {"refused": {}, "refused_requests": []}
+def note_refusal(response):
+    if response.status == 403 or response.status >= 500:
+        seen["refused_requests"].append([response.status, response.url, response.text()[:100]])
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(
+        executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True
+    )
+    expect.set_options(timeout=60_000)
+    wrong = {"username": user, "password": password + "-wrong"}
+    for name, credentials in (("no password", None), ("wrong password", wrong)):
+        page = browser.new_context(http_credentials=credentials).new_page()
+        try:
+            response = page.goto(mlflow_url + "/")
+            seen["refused"][name] = [response.status, page.inner_text("body")[:80]]
+        except Error as error:  # no credentials at all: Chromium shows its own error page
+            seen["refused"][name] = [str(error).splitlines()[0]]
+    viewport = {"width": 1400, "height": 1000}
+    context = browser.new_context(
+        http_credentials={"username": user, "password": password}, viewport=viewport
+    )
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.on("response", note_refusal)
+    page.goto(f"{mlflow_url}/#/experiments/{experiment_id}/runs")
+    with contextlib.suppress(Error):  # a first visit's announcement
+        page.get_by_role("dialog").get_by_role("button", name="Close").click(timeout=5_000)
+    table = page.get_by_text("1 matching run").or_(page.get_by_text("Request error"))
+    expect(table.first).to_be_visible()
+    page.screenshot(path=f"{shots}/team-mlflow-runs.png")
+    seen["runs_page"] = page.inner_text("body")
+    if "Request error" not in seen["runs_page"]:
+        page.get_by_role("link", name="browse-run").click()
+        expect(page.get_by_text("0.875").first).to_be_visible()  # its accuracy, on its page
+        seen["run_page"] = True
+        page.goto(f"{mlflow_url}/#/models")
+        row = page.get_by_role("row").filter(has_text=model)
+        expect(row).to_contain_text(f"Version {version}")
+        page.screenshot(path=f"{shots}/team-mlflow-models.png")
+        seen["model_row"] = row.inner_text()
+    # Prefect's UI asks for the auth string in a form of its own: a wrong one is refused first.
+    page = browser.new_context(viewport=viewport).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(prefect_url + "/runs")
+    for auth_string in ("admin:wrong", os.environ["PREFECT_API_AUTH_STRING"]):
+        login = page.get_by_role("button", name="Login")
+        expect(login).to_be_visible()
+        page.locator("input").first.fill(auth_string)
+        login.click()
+        if auth_string == "admin:wrong":
+            expect(page.get_by_text("Authentication failed.").first).to_be_visible()
+            seen["prefect_wrong_string_at"] = page.url
+    expect(page.get_by_text(flow_name).first).to_be_visible()
+    for toast in page.get_by_role("button", name="Close").all():  # the refusals' notices
+        with contextlib.suppress(Error):
+            toast.click(timeout=2_000)
+    page.screenshot(path=f"{shots}/team-prefect-runs.png")
+    seen["prefect_runs"] = page.inner_text("body")
+    browser.close()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.browser
+def test_the_browser_logs_in_to_the_team_uis_and_finds_a_users_run_and_model(
+    team: Hosts, tmp_path: Path
+) -> None:
+    """As a user who is not the admin, at the server's own address (not localhost, where
+    MLflow's default CORS origins would hide a refusal of the UI's POSTs)."""
+    pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("no Chromium: apt-get install chromium (make chromium)")
+    erin = {**_client_env(team), **_user(team, "erin")}
+    names = ["team-browse", "team-browse-model", "team-browse-check"]
+    record = [sys.executable, "-c", RECORD_AS_USER, *names]
+    done = team.run(team.server, record, env=erin, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = json.loads(done.stdout.strip().splitlines()[-1])
+    tmp_path.chmod(0o777)
+    browse = [sys.executable, "-c", BROWSE_LOGGED_IN, chromium, str(tmp_path)]
+    browse += [made["experiment_id"], names[1], made["version"], names[2]]
+    done = team.run(team.server, browse, env=erin, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    screenshots = REPO / "reports" / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    for shot in tmp_path.glob("team-*.png"):
+        shutil.copy2(shot, screenshots / shot.name)
+
+    assert "ERR_INVALID_AUTH_CREDENTIALS" in seen["refused"]["no password"][0], seen["refused"]
+    status, text = seen["refused"]["wrong password"]
+    assert status == 401 and "You are not authenticated" in text, seen["refused"]
+    assert not seen["refused_requests"], seen["refused_requests"]  # none refused (403) or 5xx
+    assert "Request error" not in seen["runs_page"], seen["runs_page"][-600:]
+    assert "browse-run" in seen["runs_page"] and seen["run_page"], seen
+    assert f"Version {made['version']}" in seen["model_row"], seen["model_row"]
+    assert "/login" in seen["prefect_wrong_string_at"], seen  # still asked for the auth string
+    assert names[2] in seen["prefect_runs"] and made["flow_run"] in seen["prefect_runs"], seen
