@@ -1,9 +1,10 @@
-"""`python -m digits.edges.team up|down|status|add-user NAME|worker|pool-worker|dvc-remote`.
+"""`python -m digits.edges.team COMMAND`: the team services and what joins them.
 
 up           start (or find up) every service; write the admin's .team/client.env
 down         stop them, in reverse order
 status       each service: up or down, its address, pid and memory (exit 3 if one is down)
 add-user N   an MLflow user N; writes .team/users/N.env for them
+cert HOST    a key and certificate for worker host HOST, signed by the team's CA
 worker       run a Dask worker of the team's scheduler here (--listen-host: this host's address)
 pool-worker  deploy this checkout's flows (prefect.yaml) and run the work pool's worker here
 dvc-remote   make the S3 store this checkout's DVC remote `team` (keys in .dvc/config.local)
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from digits.edges.exits import run_or_exit
-from digits.edges.team.certs import ensure_certificates
+from digits.edges.team.certs import ensure_certificates, issue_host_certificate, worker_certs
 from digits.edges.team.client import add_user, client_settings, write_client_file
 from digits.edges.team.daemons import port_taken, process_memory_mb
 from digits.edges.team.layout import (
@@ -180,9 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="say which services are up")
     user = sub.add_parser("add-user", help="add an MLflow user")
     user.add_argument("name")
+    cert = sub.add_parser("cert", help="a worker host's own key and certificate")
+    cert.add_argument("host", help="the worker host's address (its --listen-host)")
     worker = sub.add_parser("worker", help="run a Dask worker of the team's scheduler")
     worker.add_argument("--listen-host", default="127.0.0.1")
     worker.add_argument("--threads", type=int, default=1)
+    worker.add_argument(
+        "--certs", type=Path, help="folder of this host's ca.pem, worker.pem, worker-key.pem"
+    )
     pool = sub.add_parser("pool-worker", help="deploy the flows and run the work pool's worker")
     pool.add_argument("--name", help="the worker's name in the Prefect UI")
     pool.add_argument("--no-deploy", action="store_true", help="run the worker only")
@@ -208,11 +214,15 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "add-user":
             path = add_user(layout, load_or_make_secrets(layout.state), args.name, project)
             print(f"user {args.name} added; hand them {path} (their .team/client.env)")
+        elif args.command == "cert":
+            folder = issue_host_certificate(layout.path("certs"), args.host)
+            print(f"worker host {args.host}: hand it {folder} (worker --certs FOLDER)")
         elif args.command == "dvc-remote":
             configure_dvc_remote(layout, load_or_make_secrets(layout.state), args.name, project)
             print(f"DVC remote {args.name}: s3://dvc at {layout.s3_url} (dvc push / dvc pull)")
         else:
-            command = worker_command(layout, args.listen_host, args.threads)
+            certs = worker_certs(layout.path("certs"), args.listen_host, args.certs)
+            command = worker_command(layout, args.listen_host, args.threads, certs)
             os.environ.update(worker_settings(layout, project))
             os.execv(command[0], command)
         return 0

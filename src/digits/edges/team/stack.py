@@ -351,9 +351,8 @@ def prefect_healthy(layout: TeamLayout, secrets: Secrets) -> bool:
 # --- Dask --------------------------------------------------------------------------------------
 
 
-def tls_args(layout: TeamLayout, role: str) -> list[str]:
-    """Dask's command-line TLS options for `role` (scheduler or worker)."""
-    certs = layout.path("certs")
+def tls_args(certs: Path, role: str) -> list[str]:
+    """Dask's command-line TLS options for `role` (scheduler or worker), from folder `certs`."""
     cert, key = cert_paths(certs, role)
     return ["--tls-ca-file", str(certs / "ca.pem"), "--tls-cert", str(cert), "--tls-key", str(key)]
 
@@ -361,22 +360,27 @@ def tls_args(layout: TeamLayout, role: str) -> list[str]:
 def start_dask(layout: TeamLayout, secrets: Secrets) -> int | None:
     command = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     command += ["--host", layout.host, "--port", str(layout.ports.dask), "--protocol", "tls"]
-    command += [*tls_args(layout, "scheduler"), "--no-dashboard", "--no-show"]
+    command += [*tls_args(layout.path("certs"), "scheduler"), "--no-dashboard", "--no-show"]
     return start_daemon("dask", command, layout.state, base_env())
 
 
-def worker_command(layout: TeamLayout, listen_host: str, threads: int = 1) -> list[str]:
+def worker_command(
+    layout: TeamLayout, listen_host: str, threads: int = 1, certs: Path | None = None
+) -> list[str]:
     """The command that starts one Dask worker on a host that reaches `layout`'s scheduler.
 
     Args:
-        layout: The team services (their certificates, which the worker's host is given).
+        layout: The team services.
         listen_host: The worker host's own address, where the scheduler and the flow reach it.
         threads: Tasks the worker runs at once.
+        certs: The folder of the worker's ca.pem, worker.pem and worker-key.pem (its host's own,
+            see certs.issue_host_certificate); default: the services' shared worker certificate.
     """
     command = [sys.executable, "-m", "distributed.cli.dask_worker", layout.dask_address]
     # --host, not --listen-address HOST:0: a worker behind a nanny advertises the latter as is
     # (port 0), and nobody can fetch its results.
-    command += [*tls_args(layout, "worker"), "--host", listen_host, "--protocol", "tls"]
+    command += [*tls_args(certs or layout.path("certs"), "worker"), "--host", listen_host]
+    command += ["--protocol", "tls"]
     command += ["--nthreads", str(threads), "--nworkers", "1", "--no-dashboard"]
     return command
 
