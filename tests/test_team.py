@@ -306,6 +306,10 @@ def test_workers_in_other_namespaces_train_and_the_model_reaches_the_team_regist
         if "epoch 1/1" in (team.project / f"worker-{name}.log").read_text(errors="replace")
     ]
     assert trained_on, "no task ran on a worker in another namespace"
+    # Each worker host presented a certificate of its own, issued by `team worker` on the spot.
+    certs = team.project / ".team" / "certs"
+    for ip in team.worker_ips:
+        assert (certs / "hosts" / ip / "worker.pem").is_file(), sorted(certs.rglob("*.pem"))
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
