@@ -4,7 +4,8 @@ Everything a running team shape needs is under one folder (``.team/`` by default
 
     team.json      host and ports the services were started on
     secrets.json   passwords and keys, made once, readable by the owner only
-    certs/         the Dask TLS CA and the scheduler's, workers' and clients' certificates
+    certs/         the Dask TLS CA (its key too) and the scheduler's, workers' and clients'
+                   certificates; hosts/HOST/ the certificate folder of worker host HOST
     postgres/      the database cluster (owned by user postgres when run as root)
     s3/            the S3 store's files;  logs/ one log per service;  run/ one pid file per service
     client.env     the settings of a client on this machine (the admin's credentials)
