@@ -696,6 +696,9 @@ with sync_playwright() as playwright:
         page.goto(f"{mlflow_url}/#/models")
         row = page.get_by_role("row").filter(has_text=model)
         expect(row).to_contain_text(f"Version {version}")
+        with contextlib.suppress(Error):  # the registry page's announcement, faded out
+            page.get_by_role("dialog").get_by_role("button", name="Close").click(timeout=5_000)
+            expect(page.get_by_role("dialog")).to_have_count(0, timeout=5_000)
         page.screenshot(path=f"{shots}/team-mlflow-models.png")
         seen["model_row"] = row.inner_text()
     # Prefect's UI asks for the auth string in a form of its own: a wrong one is refused first.
