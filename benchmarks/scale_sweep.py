@@ -5,8 +5,10 @@ For each worker count, one Prefect flow runs `digits.sweep.SweepDriver` with the
 (one child run per trial, its parameters, metrics and end), on the services this process is
 pointed at (``DIGITS_SERVICES=team``, or the local ones). Only the fold task differs from a real
 sweep: it sleeps `--seconds` and returns a made-up `FoldResult` (with an `--epochs`-row history,
-whose epochs the flow records one call each, as it does those a training task publishes), so
-every second of a trial beyond its folds' sleep is the machinery's.
+which the flow records as `Engine._record_epochs` does the epochs a training task publishes: one
+request per run for all that arrived together; a real fit's epochs arrive over its training, so
+it may take one request per epoch), so every second of a trial beyond its folds' sleep is the
+machinery's.
 
 With ``--certs`` (team shape) the workers are `scale_workers.py` processes started here for each
 count, and the CPU time of every process named in ``--service-pids`` is measured over the sweep;
