@@ -279,8 +279,8 @@ def parse_args() -> argparse.Namespace:
     default_workers = "1,8,32" if args.quick else "1,2,4,8,16,32"
     args.workers = [int(w) for w in (args.workers or default_workers).split(",")]
     # As many trials as workers (a trial's folds run one after another, so fewer would leave
-    # workers idle), no more: a sweep's driver records one MLflow call at a time and saturates
-    # long before 32 workers, so more trials only lengthen the run at that rate.
+    # workers idle), no more: a sweep's driver makes its MLflow and Prefect calls one at a time
+    # and saturates long before 32 workers, so more trials only lengthen the run at that rate.
     args.folds, args.trials_per_worker, args.min_trials = (2, 1, 4) if args.quick else (3, 1, 8)
     args.probe_cap, args.probe_trials = (16, 1) if args.quick else (128, 1)
     return args

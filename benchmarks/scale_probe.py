@@ -1,10 +1,11 @@
 """How many sweeps' recorders at once the MLflow server holds, for `bench_team_scale.py`.
 
 N clients at once (threads, each with its own `MlflowRecorder`) each record `--trials` trials as
-a sweep does: a run with the recipe's parameters, `--folds` curves of `--epochs` epochs (one call
-per epoch, as the flow records a task's epochs), the trial's metrics, its end. N doubles from 1
-until a call fails or N passes `--cap`. Run it with ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` so a
-refused call is an error rather than a wait in the client's retries.
+a sweep does: a run with the recipe's parameters, `--folds` curves of `--epochs` epochs (a request
+each, as the flow records a fold's epochs that arrived together), the trial's metrics, its end. N
+doubles from 1 until a call fails or N passes `--cap`. Run it with
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` so a refused call is an error rather than a wait in the
+client's retries.
 
     DIGITS_SERVICES=team python benchmarks/scale_probe.py --cap 64 --out probe.json
 """

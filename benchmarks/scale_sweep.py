@@ -5,8 +5,10 @@ For each worker count, one Prefect flow runs `digits.sweep.SweepDriver` with the
 (one child run per trial, its parameters, metrics and end), on the services this process is
 pointed at (``DIGITS_SERVICES=team``, or the local ones). Only the fold task differs from a real
 sweep: it sleeps `--seconds` and returns a made-up `FoldResult` (with an `--epochs`-row history,
-whose epochs the flow records one call each, as it does those a training task publishes), so
-every second of a trial beyond its folds' sleep is the machinery's.
+which the flow records as `Engine._record_epochs` does the epochs a training task publishes: one
+request per run for all that arrived together; a real fit's epochs arrive over its training, so
+it may take one request per epoch), so every second of a trial beyond its folds' sleep is the
+machinery's.
 
 With ``--certs`` (team shape) the workers are `scale_workers.py` processes started here for each
 count, and the CPU time of every process named in ``--service-pids`` is measured over the sweep;
@@ -43,7 +45,7 @@ from scale_task import simulated_fold  # noqa: E402
 from digits.config import ComputeConfig, Recipe, SearchConfig, TrackingConfig  # noqa: E402
 from digits.edges.dask_runner import plan_placement, task_runner  # noqa: E402
 from digits.edges.prefect_server import shared_prefect_api  # noqa: E402
-from digits.edges.tracking import open_tracking_store  # noqa: E402
+from digits.edges.tracking import MetricPoint, open_tracking_store  # noqa: E402
 from digits.sweep import Fit, FoldEvent, SweepDriver  # noqa: E402
 from digits.training.recipe import FoldResult  # noqa: E402
 
@@ -93,12 +95,18 @@ class SimulatedSubmitter(PrefectSubmitter):
             for e in super().wait()
         ]
         waited = time.perf_counter()
-        for event in events:  # what the progress feed delivers to Engine._record_epochs
-            if isinstance(event.outcome, FoldResult):
-                for row in event.outcome.history:
-                    metrics = {k: v for k, v in row.items() if k != "epoch"}
-                    step, prefix = int(row["epoch"]), f"fold{event.fit.fold}/"
-                    self.runs.log_run_metrics(event.fit.run_id, metrics, step=step, prefix=prefix)
+        points = [  # what the progress feed delivers to Engine._record_epochs, batched as there
+            MetricPoint(
+                event.fit.run_id,
+                {k: v for k, v in row.items() if k != "epoch"},
+                step=int(row["epoch"]),
+                prefix=f"fold{event.fit.fold}/",
+            )
+            for event in events
+            if isinstance(event.outcome, FoldResult)
+            for row in event.outcome.history
+        ]
+        self.runs.log_points(points)
         self.timings["wait"] += waited - started
         self.timings["record_epochs"] += time.perf_counter() - waited
         return events

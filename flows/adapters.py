@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from digits.config import Recipe
-from digits.edges.tracking import TrackingStore
+from digits.edges.tracking import MetricPoint, TrackingStore
 from digits.sweep import Fit, FoldEvent, Trial
 from flows.tasks import EPOCH_KEYS, Progress, train_fold, train_pack
 
@@ -104,7 +105,13 @@ class PrefectSubmitter:
 
 
 class MlflowRecorder:
-    """One child MLflow run per trial, under the sweep's run (`digits.sweep.Recorder`)."""
+    """One child MLflow run per trial, under the sweep's run (`digits.sweep.Recorder`).
+
+    A trial costs few requests however many params, epochs and metrics it has: its run and
+    params are two, a stored fold's curve one, its metrics and closing tags one with its end
+    (the driver logs a trial's metrics right before ending it, so they wait for that), the end
+    one. The epochs a training task publishes are batched by `flows.engine.Engine`.
+    """
 
     def __init__(
         self,
@@ -116,6 +123,7 @@ class MlflowRecorder:
     ) -> None:
         self.runs = store.runs
         self.experiment, self.tags, self.parent, self.folds = experiment, tags, parent_run_id, folds
+        self._closing: dict[str, MetricPoint] = {}  # a trial's metrics, logged with its end
 
     def create_trial_run(self, trial: Trial) -> str:
         return self.runs.create_run(
@@ -127,14 +135,21 @@ class MlflowRecorder:
         )
 
     def log_curve(self, run_id: str, prefix: str, history: list[dict[str, float]]) -> None:
-        for row in history:
-            metrics = {key: row[key] for key in EPOCH_KEYS if key in row}
-            self.runs.log_run_metrics(run_id, metrics, step=int(row["epoch"]), prefix=prefix)
+        self.runs.log_points(
+            MetricPoint(
+                run_id,
+                {key: row[key] for key in EPOCH_KEYS if key in row},
+                step=int(row["epoch"]),
+                prefix=prefix,
+            )
+            for row in history
+        )
 
     def log_trial_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self.runs.log_run_metrics(run_id, dict(metrics), step=step)
+        stamp = int(time.time() * 1000)  # when measured, not when the end is logged
+        self._closing[run_id] = MetricPoint(run_id, dict(metrics), step=step, timestamp_ms=stamp)
 
     def end_trial_run(
         self, run_id: str, status: Literal["FINISHED", "FAILED"], tags: Mapping[str, Any]
     ) -> None:
-        self.runs.end_run(run_id, status, dict(tags))
+        self.runs.end_run(run_id, status, dict(tags), metrics=self._closing.pop(run_id, None))

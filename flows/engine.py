@@ -38,7 +38,7 @@ from digits.edges.process import owner_is_gone, process_tags
 from digits.edges.progress import ProgressFeed
 from digits.edges.registry_sync import CONTENT_HASH_TAG, ORIGIN_TAG, TRAINED
 from digits.edges.services import current_project
-from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, open_tracking_store
+from digits.edges.tracking import PREFECT_FLOW_RUN_TAG, MetricPoint, open_tracking_store
 from digits.errors import DigitsError
 from digits.model_files import ModelRecord, model_folder, write_model_files, write_record
 from digits.sweep import SweepDriver, SweepOutcome, SweepStore, sweep_key
@@ -129,16 +129,21 @@ class Engine:
         )
 
     def _record_epochs(self) -> None:
+        """The epochs published since the last look: one request per run, each at its step."""
+        points = []
         for message in self.feed.drain():
             if self._final_bar is not None and not message["prefix"]:  # a final fit's epoch
                 self._final_bar.update(1)
-            self.tracking.runs.log_run_metrics(
-                message["run_id"],
-                message["metrics"],
-                step=message["step"],
-                timestamp_ms=message["time_ms"],
-                prefix=message["prefix"],
+            points.append(
+                MetricPoint(
+                    message["run_id"],
+                    message["metrics"],
+                    step=message["step"],
+                    timestamp_ms=message["time_ms"],
+                    prefix=message["prefix"],
+                )
             )
+        self.tracking.runs.log_points(points)
 
     def wait_any(self, futures: list[Any]) -> list[Any]:
         """Block until at least one future is done, recording epochs as they arrive.

@@ -20,7 +20,7 @@ from digits.edges.tracking.links import (
     RunRecord,
 )
 from digits.edges.tracking.models import CHAMPION_ALIAS, AliasRace, Models, VersionFacts
-from digits.edges.tracking.runs import Runs
+from digits.edges.tracking.runs import MetricPoint, Runs
 from digits.edges.tracking.store import (
     STORE_SCHEMES,
     StoreMode,
@@ -37,6 +37,7 @@ __all__ = [
     "TRAINED_RUN_TAG",
     "AliasRace",
     "Links",
+    "MetricPoint",
     "Models",
     "RunRecord",
     "Runs",

@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Run
+from mlflow.entities import Metric, Param, Run, RunTag
 
 from digits.edges.process import HOST_TAG, PID_TAG, owner_is_gone, process_tags
 from digits.edges.tracking.store import TrackingStore
@@ -37,6 +37,33 @@ def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if math.isfinite(float(value))}
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """Metrics of run `run_id` measured at one step (an epoch, or a trial's folds done).
+
+    Attributes:
+        run_id: The run they belong to.
+        metrics: Name -> value; names get `prefix`; NaN and infinities are dropped.
+        step: MLflow's step (an epoch number, or a count of folds).
+        timestamp_ms: When they were measured (ms since the epoch); None: when logged.
+        prefix: Put before every name (``fold0/`` for a fold's curve).
+    """
+
+    run_id: str
+    metrics: Mapping[str, float]
+    step: int = 0
+    timestamp_ms: int | None = None
+    prefix: str = ""
+
+
+def _metric_batch(point: MetricPoint, now_ms: int) -> list[Metric]:
+    stamp = point.timestamp_ms if point.timestamp_ms is not None else now_ms
+    return [
+        Metric(key=f"{point.prefix}{key}", value=value, timestamp=stamp, step=point.step)
+        for key, value in _finite(point.metrics).items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -196,8 +223,11 @@ class Runs:
         experiment_id = self.store.experiment_id(experiment)
         run_id = str(client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id)
         self.store.open_runs.add(run_id)
-        for key, value in _clean_params(params or {}).items():
-            client.log_param(run_id, key, value)
+        # MLflow's create_run takes no params: they follow in one batch, not a call each (a
+        # trial's recipe is some twenty params; one request apiece dominated a sweep's driver).
+        batch = [Param(key, value) for key, value in _clean_params(params or {}).items()]
+        if batch:
+            client.log_batch(run_id, params=batch)
         return run_id
 
     def log_run_metrics(
@@ -209,21 +239,38 @@ class Runs:
         prefix: str = "",
     ) -> None:
         """Log finite `metrics` to run `run_id` at `step`, stamped when they were measured."""
-        stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
-        batch = [
-            Metric(key=f"{prefix}{key}", value=value, timestamp=stamp, step=step)
-            for key, value in _finite(metrics).items()
-        ]
-        if batch:
-            self.store.client().log_batch(run_id, metrics=batch)
+        self.log_points([MetricPoint(run_id, metrics, step, timestamp_ms, prefix)])
+
+    def log_points(self, points: Iterable[MetricPoint]) -> None:
+        """Log many runs' finite metrics at their steps: one request per run, not per point.
+
+        The epochs that arrived since the flow last looked, from every fit in flight, go out
+        together; each keeps its own step and timestamp (the time it was measured, else now).
+        MLflow's client splits a run's batch at its limit of 1000 metrics.
+        """
+        now = int(time.time() * 1000)
+        by_run: dict[str, list[Metric]] = {}
+        for point in points:
+            by_run.setdefault(point.run_id, []).extend(_metric_batch(point, now))
+        client = self.store.client()
+        for run_id, batch in by_run.items():
+            if batch:
+                client.log_batch(run_id, metrics=batch)
 
     def end_run(
-        self, run_id: str, status: str = "FINISHED", tags: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, Any] | None = None,
+        metrics: MetricPoint | None = None,
     ) -> None:
-        """End run `run_id` as FINISHED, FAILED or KILLED, with optional closing tags."""
+        """End run `run_id` as FINISHED, FAILED or KILLED, with optional closing tags and
+        metrics (`metrics.run_id` is ignored); two requests whatever their number."""
         client = self.store.client()
-        for key, value in (tags or {}).items():
-            client.set_tag(run_id, key, str(value)[:5000])
+        batch = [] if metrics is None else _metric_batch(metrics, int(time.time() * 1000))
+        tag_batch = [RunTag(key, str(value)[:5000]) for key, value in (tags or {}).items()]
+        if batch or tag_batch:
+            client.log_batch(run_id, metrics=batch, tags=tag_batch)
         client.set_terminated(run_id, status=status)
         self.store.open_runs.discard(run_id)
 

@@ -66,6 +66,8 @@ class TrackingStore:
         ui_url: Where the MLflow UI serves this store (``make ui``), without a trailing slash.
         open_runs: Ids of the runs created through this object and not ended yet; ended KILLED
             or FAILED by `Runs.end_open_runs` when the flow is interrupted or fails.
+        experiment_ids: Experiment name -> id, as found or created through this object: a
+            sweep creates a run per trial, and looking the id up each time was a request each.
     """
 
     uri: str
@@ -73,6 +75,7 @@ class TrackingStore:
     artifact_root: Path = Path("mlruns/artifacts")
     ui_url: str = "http://127.0.0.1:5000"
     open_runs: set[str] = field(default_factory=set, repr=False, compare=False)
+    experiment_ids: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -96,7 +99,13 @@ class TrackingStore:
         """The id of experiment `experiment`, created when missing.
 
         A local store keeps its artifacts under `artifact_root`; a server places them itself.
+        The id is looked up once per store object (an experiment is never deleted under a flow).
         """
+        if experiment not in self.experiment_ids:
+            self.experiment_ids[experiment] = self._find_or_create_experiment(experiment)
+        return self.experiment_ids[experiment]
+
+    def _find_or_create_experiment(self, experiment: str) -> str:
         existing = self.find_experiment_id(experiment)
         if existing is not None:
             return existing
@@ -177,6 +186,10 @@ def open_tracking_store(cfg: TrackingConfig, mode: StoreMode = "record") -> Trac
         follow_moved_checkout(database, artifact_root)
     mlflow.set_tracking_uri(uri)  # process-wide, for MLflow's fluent API (see above)
     mlflow.set_registry_uri(uri)
+    # On a server MLflow fetches every run it ends, whole, only to print its URL: one request
+    # more per trial, and a line per trial under the progress bar (a flow lists its runs' pages
+    # in a Prefect artifact instead).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     store = TrackingStore(
         uri=uri,
         experiment_prefix=cfg.experiment_prefix,
