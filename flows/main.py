@@ -185,26 +185,8 @@ def placed_flow(
     check_services_access()
     most = max_tasks(params, **options) if max_tasks else None
     placement = plan_placement(params.compute, max_tasks=most)
-    if placement.in_process:
-        _import_on_a_second_thread("torch._dynamo")
     runner = task_runner(params.compute, placement)
     return lambda: flow.with_options(task_runner=runner)(params, placement, **options)
-
-
-def _import_on_a_second_thread(module: str) -> None:
-    """Import `module` on a daemon thread while this one goes on (a later import waits for it).
-
-    For ``torch._dynamo``: every torch optimizer imports it on its first step (torch wraps the
-    step to keep its compiler out), 1-2 s on a 2-core CPU. A task in the flow's own process
-    would pay that after its flow run began; imported here, it overlaps the Prefect server's
-    start, the flow run's creation and the cluster's, which mostly wait on the server.
-    """
-    import importlib
-    import threading
-
-    threading.Thread(
-        target=importlib.import_module, args=(module,), daemon=True, name=f"import {module}"
-    ).start()
 
 
 def main(
