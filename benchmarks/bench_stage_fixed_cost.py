@@ -19,6 +19,11 @@ their log lines split the fixed cost into:
 
 `imports` is measured apart: `import flows.train_zoo` in a fresh process.
 
+The scratch Prefect home is new, so the first run's server starts on a new database: a copy of
+the migrated template kept in the user's cache (`digits.edges.project_server.database_template`),
+or, the first time a server starts on the machine for this Prefect version, Prefect's migrations
+(which then make the template). The line after the table says which.
+
     python benchmarks/bench_stage_fixed_cost.py [--params params.yaml]
 """
 
@@ -138,6 +143,9 @@ def main() -> None:
                 f"   (test accuracy {table['lenet5']['accuracy']:.4f})",
                 flush=True,
             )
+        log = (work / ".prefect" / "server.log").read_text()
+        how = "a copy of the template" if "a copy of" in log else "Prefect's migrations"
+        print(f"the first run's new Prefect database: {how}")
         subprocess.run(
             [
                 sys.executable,

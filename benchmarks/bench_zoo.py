@@ -15,8 +15,9 @@ the same optimiser and batch size:
 
 Images/s count training images only (after `--warmup` batches). `--stage` adds the end-to-end
 comparison the zoo issue sets for LeNet-5 on MNIST: the whole `train_zoo` flow (Prefect, Dask,
-MLflow, registration) against the plain loop training the same recipe for the same epochs, with
-both test accuracies.
+MLflow, registration) against the plain loop training the same recipe for the same epochs and
+scoring what the flow's task scores (the training set, the test set and its changed copies of
+`digits.robustness`), with both test accuracies.
 
     python benchmarks/bench_zoo.py [--dataset mnist] [--models lenet5,resnet18] [--images 20000]
         [--device auto] [--loader-workers 8] [--stage]
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 from digits.config import Params, Recipe, load_params
 from digits.data.arrays import load_arrays
 from digits.models import build_classifier
+from digits.robustness import robustness_scores
 from digits.training.augment import BatchTransform, make_augment
 from digits.training.loop import autocast, select_device
 from digits.training.optim import make_optimizer, make_schedule
@@ -293,11 +295,20 @@ def stage_comparison(params: Params, params_path: Path, dataset: str, label: str
         epochs=recipe.optim.epochs,
         augment=True,
     )
-    plain_seconds = time.perf_counter() - started
+    training_seconds = time.perf_counter() - started
+    # What the flow's task does after training, timed as the loop is: the training and test sets
+    # scored once, and the test set's changed copies (`digits.robustness`).
+    test_accuracy(model, arrays.train_images, arrays.train_labels, device)
     plain_accuracy = test_accuracy(model, arrays.test_images, arrays.test_labels, device)
+    changed = robustness_scores(
+        model, arrays.test_images, arrays.test_labels, dataset, params.seed, device
+    )
+    plain_seconds = time.perf_counter() - started
     print(
         f"plain loop ({label}, {recipe.optim.epochs} epochs, augmentation as params): "
-        f"{plain_seconds:.1f} s, test accuracy {plain_accuracy:.4f}",
+        f"{plain_seconds:.1f} s ({training_seconds:.1f} s training, "
+        f"{plain_seconds - training_seconds:.1f} s scoring the training and test sets and "
+        f"{len(changed) - 1} changed test sets), test accuracy {plain_accuracy:.4f}",
         flush=True,
     )
 

@@ -141,6 +141,37 @@ def test_registered_model_loads_without_pickle(
     assert signature[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, 28, 28, 1)}
 
 
+def test_registering_writes_the_pins_without_scanning_every_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's check of the pins against the environment maps every installed distribution to
+    its modules (seconds of every stage); the pins are the environment's own, so it is skipped,
+    and they are still written with the model."""
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    scans: list[int] = []
+    real_scan = importlib_metadata.packages_distributions
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # no earlier scan
+    monkeypatch.setattr(
+        importlib_metadata, "packages_distributions", lambda: scans.append(1) or real_scan()
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    opened = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
+    images = _mnist_like(8)
+    model = build_classifier("mlp", {"width": 8}, SHAPE, seed=0, train_images=images)
+    run_id = opened.runs.create_run("unit", "final")
+    version = opened.models.register_model_in_run(run_id, model, "pins", images[:2], {})
+    assert scans == []
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/pins/{version}", tracking_uri=opened.uri
+    )
+    pins = (Path(folder) / "requirements.txt").read_text().splitlines()
+    from importlib.metadata import version as installed
+
+    assert f"torch=={installed('torch').split('+')[0]}" in pins
+
+
 # ------------------------------------------------------------------------------ pictures
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -173,3 +174,68 @@ def test_two_flows_starting_at_once_share_one_server(tmp_path: Path) -> None:
     assert states == [("COMPLETED",), ("COMPLETED",)]
     log = (project / ".prefect" / LOG_FILE).read_text()
     assert log.count("serving http://") == 1, log  # one server started, the other flow used it
+
+
+def test_a_new_database_is_a_copy_of_the_template_and_an_old_one_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digits.edges.project_server import TEMPLATE_DIR_ENV, database_template, prepare_database
+
+    monkeypatch.setenv(TEMPLATE_DIR_ENV, str(tmp_path / "templates"))
+    template = database_template()
+    assert template.parent == tmp_path / "templates" and template.name.startswith("prefect-3.")
+    template.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # as Prefect's are: a file copy would miss rows
+        db.execute("CREATE TABLE made_in_the_template (x)")
+        db.execute("INSERT INTO made_in_the_template VALUES (1)")
+        db.commit()
+        new = tmp_path / "new" / "prefect.db"
+        assert prepare_database(new)
+    with contextlib.closing(sqlite3.connect(new)) as db:
+        assert db.execute("SELECT x FROM made_in_the_template").fetchall() == [(1,)]
+    old = tmp_path / "old.db"
+    old.write_bytes(b"runs of last week")
+    assert not prepare_database(old)
+    assert old.read_bytes() == b"runs of last week"
+
+
+@pytest.mark.slow
+def test_the_first_server_keeps_its_migrated_database_as_the_next_ones_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect's migrations run once per version: the next new database is their copy, and a
+    server runs on it."""
+    from digits.edges.project_server import (
+        TEMPLATE_DIR_ENV,
+        ServerAddress,
+        database_template,
+        ensure_server,
+        lease,
+        stop_server,
+    )
+
+    for name in [key for key in os.environ if key.startswith("PREFECT_SERVER_DATABASE")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(TEMPLATE_DIR_ENV, str(tmp_path / "templates"))
+    first = ServerAddress(tmp_path / "first", port=free_port())
+    with lease(first.home):
+        ensure_server(first, idle_s=30)
+    stop_server(first.home)
+    template = database_template()
+    query = "SELECT version_num FROM alembic_version"
+    with contextlib.closing(sqlite3.connect(first.database)) as migrated:
+        head = migrated.execute(query).fetchall()
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        assert db.execute(query).fetchall() == head != []
+        db.execute("CREATE TABLE made_in_the_template (x)")
+    second = ServerAddress(tmp_path / "second", port=free_port())
+    with lease(second.home):
+        api, started = ensure_server(second, idle_s=30)
+        try:
+            assert started and flow_runs_in_ui(api) == []
+        finally:
+            stop_server(second.home)
+    with contextlib.closing(sqlite3.connect(second.database)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "made_in_the_template" in tables and "flow_run" in tables

@@ -10,6 +10,11 @@ lease has been held for `idle_s` seconds.
 Two flows that start at once never run two servers on one database: starting is serialised by a
 lock file in the Prefect home, and the second flow finds the first one's server answering.
 
+A new database starts as a copy of a migrated empty one kept per Prefect version in the user's
+cache (`database_template`): Prefect's migrations of a new SQLite database took more seconds than
+the rest of the server's start. The first server started on a machine for a Prefect version
+migrates its database as Prefect does and keeps a copy as the template.
+
     python -m digits.edges.project_server serve --home .prefect --host 127.0.0.1 --port 4200
     python -m digits.edges.project_server ui --home .prefect     (make prefect-ui)
     python -m digits.edges.project_server stop --home .prefect
@@ -23,6 +28,7 @@ import fcntl
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,7 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, DiskFull
+from digits.files import atomic_target
 
 STATE_FILE = "server.json"  # the running supervisor: pid, API URL, database
 LOCK_FILE = "server.lock"  # serialises starting and stopping
@@ -42,6 +49,13 @@ DATABASE_FILE = "prefect.db"  # Prefect's own default name under PREFECT_HOME
 IDLE_ENV = "DIGITS_PREFECT_IDLE_S"
 DEFAULT_IDLE_S = 600.0
 START_TIMEOUT_S = 90.0
+TEMPLATE_DIR_ENV = "DIGITS_PREFECT_TEMPLATE_DIR"
+# Block types are registered on start by importing every installed Prefect collection (prefect-dask
+# imports all of Dask's distributed: a second of every start); the project's flows use no blocks.
+SERVER_DEFAULTS = {
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
 
 
 @dataclass(frozen=True)
@@ -213,13 +227,69 @@ def stop_server(home: Path, timeout_s: float = 15.0) -> bool:
         return True
 
 
+def database_template() -> Path:
+    """Where the migrated empty database of the installed Prefect version is kept.
+
+    ``$DIGITS_PREFECT_TEMPLATE_DIR`` when set, else ``digits/`` in the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``): shared by every Prefect home of the user.
+    """
+    from importlib.metadata import version
+
+    folder = os.environ.get(TEMPLATE_DIR_ENV)
+    if not folder:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        folder = str(Path(cache) / "digits")
+    return Path(folder) / f"prefect-{version('prefect')}.db"
+
+
+def prepare_database(database: Path) -> bool:
+    """Give a new SQLite database Prefect's schema; an existing one is left to Prefect.
+
+    A copy of `database_template` when there is one; else Prefect's migrations, and the migrated
+    database kept as the template (when the cache folder cannot be written, it is not: the next
+    new database is migrated again).
+
+    Returns:
+        Whether the database was copied from the template.
+    """
+    if database.exists():
+        return False  # Prefect migrates it on start (a check when it is up to date)
+    template = database_template()
+    if template.exists():
+        _copy_database(template, database)
+        return True
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+
+    asyncio.run(provide_database_interface().create_db())  # what the server runs on start
+    with contextlib.suppress(OSError, sqlite3.Error, DiskFull):
+        _copy_database(database, template)
+    return False
+
+
+def _copy_database(source: Path, target: Path) -> None:
+    """Copy an SQLite database through SQLite's backup (its write-ahead log included, which a
+    file copy would miss) into a temporary file renamed onto `target`."""
+    with (
+        atomic_target(target) as part,
+        contextlib.closing(sqlite3.connect(source)) as reading,
+        contextlib.closing(sqlite3.connect(part)) as writing,
+    ):
+        reading.backup(writing)
+
+
 def _serve(address: ServerAddress, idle_s: float) -> None:
     """Run Prefect's server app here until no lease has been held for `idle_s` seconds."""
     import uvicorn
 
-    os.environ.setdefault(
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{address.database}"
-    )
+    own_database = f"sqlite+aiosqlite:///{address.database}"
+    os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL", own_database)
+    for name, value in SERVER_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    own = os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == own_database
+    if own and prepare_database(address.database):
+        print(f"new database: a copy of {database_template()}", flush=True)
     config = uvicorn.Config(
         "prefect.server.api.server:create_app",
         factory=True,
