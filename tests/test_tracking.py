@@ -148,3 +148,25 @@ def test_flows_starting_at_once_on_a_new_store_all_open_it(tmp_path: Path) -> No
     ]
     errors = [start.communicate(timeout=120)[1] for start in starts]
     assert [start.returncode for start in starts] == [0, 0, 0], "\n".join(errors)[-3000:]
+
+
+def test_an_existing_store_is_opened_once_not_again_under_the_creation_lock(
+    store: TrackingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock's own opening of the store is for a new one; an existing store is opened once,
+    # by the process, which saved every stage a second engine and schema check.
+    import digits.edges.tracking.store as store_module
+
+    opened: list[str] = []
+
+    class CountingClient(MlflowClient):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            opened.append(str(kwargs.get("tracking_uri")))
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "MlflowClient", CountingClient)
+    cfg = TrackingConfig(artifact_root=Path(store.artifact_root), experiment_prefix="test")
+    again = open_tracking_store(cfg)
+    assert opened == []
+    assert again.client().search_experiments(max_results=1)  # and it is a working store
+    assert len(opened) == 1

@@ -213,10 +213,16 @@ def _create_sqlite_store(database: Path) -> None:
     URI is absolute: MLflow keeps one engine per URI string for the life of the process, and one
     made here for the relative ``sqlite:///mlruns/mlflow.db`` would keep this folder's file open
     for a later command that means another folder's.
+
+    A store that is already there is left to the process's one opening of it: whoever made it
+    held this lock until its tables were complete, and a second engine and schema check here
+    cost every stage about half a second.
     """
     with (database.parent / f"{database.name}.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            if database.is_file() and database.stat().st_size > 0:
+                return
             absolute = f"sqlite:///{database.resolve()}"
             MlflowClient(tracking_uri=absolute).search_experiments(max_results=1)
         finally:
