@@ -138,7 +138,12 @@ def test_the_scheduler_admits_a_host_certificate_and_refuses_another_ca(tmp_path
             log = (tmp_path / f"worker-{name}.log").open("wb")
             workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
         refused = workers[1].wait(timeout=120)  # its nanny fails to start, refused
+        # The refusal can come before the other worker has finished registering.
+        deadline = time.monotonic() + 60
         joined = _registered_workers(layout)
+        while not joined and time.monotonic() < deadline:
+            time.sleep(0.5)
+            joined = _registered_workers(layout)
     finally:
         for worker in workers:
             worker.terminate()
