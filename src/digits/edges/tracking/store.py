@@ -215,8 +215,8 @@ def _create_sqlite_store(database: Path) -> None:
     for a later command that means another folder's.
 
     A store that is already there is left to the process's one opening of it: whoever made it
-    held this lock until its tables were complete, and a second engine and schema check here
-    cost every stage about half a second.
+    held this lock until its tables were complete, so a second engine and schema check here
+    would only repeat the work.
     """
     with (database.parent / f"{database.name}.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
