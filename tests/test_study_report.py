@@ -13,8 +13,8 @@ import pytest
 from flows.report import run_links, write_report
 from tests.test_zoo_report import ROWS
 
-from digits.config import TrackingConfig, load_params
-from digits.edges.tracking import TRAINED_RUN_TAG, open_tracking_store
+from digits.config import Params, TrackingConfig, load_params
+from digits.edges.tracking import TRAINED_RUN_TAG, TrackingStore, open_tracking_store
 from digits.metrics import confusion_records
 from digits.reports.mnist import refine_table
 from digits.reports.study import read_study, study_markdown
@@ -124,26 +124,37 @@ def test_zoo_beside_the_original_table2_with_warning_for_synthetic_data(reports:
     assert "![Train vs test accuracy (SVHN)](svhn/zoo/figures/gap.png)" in text
 
 
-def test_report_names_each_result_with_its_mlflow_run(
+def _study_store(
     reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Params, TrackingStore, dict[str, str]]:
+    """The synthetic study's files, a new store for its runs, and a final fit's tags for it."""
     _synthetic_svhn_zoo(reports)
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     params = load_params(REPO / "params.yaml")
     store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
     checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
+    final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
+    return params, store, final_tags
+
+
+def _name_zoo_run(reports: Path, run_id: str) -> None:
+    """Point the SVHN zoo table's resnet101 row at MLflow run `run_id`."""
+    table = pd.read_csv(reports / "svhn" / "comparison.csv")
+    table.loc[table["model"] == "resnet101", "run_id"] = run_id
+    table.to_csv(reports / "svhn" / "comparison.csv", index=False)
+
+
+def test_report_names_each_result_with_its_mlflow_run(
+    reports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params, store, earlier_tags = _study_store(reports, tmp_path, monkeypatch)
     theory = store.runs.create_run("theory", "convexity", tags={"profile": params.profile})
     flow_run = {"prefect_flow_run_id": "flow-1"}
     # A refined final fit of an earlier flow run: not this report's.
-    old_refined = store.runs.create_run(
-        "mnist",
-        "refined-relu",
-        tags={"profile": params.profile, "stage": "final", "data_checksum": checksum},
-    )
+    old_refined = store.runs.create_run("mnist", "refined-relu", tags=earlier_tags)
     sweep = store.runs.create_run("mnist", "sweep", tags={"profile": params.profile, **flow_run})
-    final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
-    final_tags |= flow_run
+    final_tags = earlier_tags | flow_run
     final = store.runs.create_run("mnist", "final", tags=final_tags, parent_run_id=sweep)
     other = store.runs.create_run("mnist", "final", tags={**final_tags, "data_checksum": "x"})
     # The refining search of the same flow run, nested in the sweep; its final fit, newest.
@@ -152,9 +163,7 @@ def test_report_names_each_result_with_its_mlflow_run(
     zoo_run = store.runs.create_run("zoo-svhn", "resnet101")
     for run_id in (theory, old_refined, sweep, final, other, refine, refined, zoo_run):
         store.runs.end_run(run_id)
-    table = pd.read_csv(reports / "svhn" / "comparison.csv")
-    table.loc[table["model"] == "resnet101", "run_id"] = zoo_run
-    table.to_csv(reports / "svhn" / "comparison.csv", index=False)
+    _name_zoo_run(reports, zoo_run)
 
     paths = write_report(params, reports, ui="http://127.0.0.1:5000")
     text = paths["markdown"].read_text()
@@ -178,13 +187,7 @@ def test_models_restored_from_their_files_are_linked_to_their_restored_runs(
 ) -> None:
     # The tables name the runs that trained the models, in another store; this store holds
     # only the runs `digits sync-registry` made when it restored them from models/.
-    _synthetic_svhn_zoo(reports)
-    (tmp_path / "mlruns").mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    params = load_params(REPO / "params.yaml")
-    store = open_tracking_store(TrackingConfig(artifact_root=tmp_path / "artifacts"))
-    checksum = pd.read_json(reports / "mnist" / "metrics.json", typ="series")["data_checksum"]
-    final_tags = {"profile": params.profile, "stage": "final", "data_checksum": checksum}
+    params, store, final_tags = _study_store(reports, tmp_path, monkeypatch)
     final = store.runs.create_run(
         "mnist", "final (restored)", tags={**final_tags, TRAINED_RUN_TAG: "a" * 32}
     )
@@ -193,9 +196,7 @@ def test_models_restored_from_their_files_are_linked_to_their_restored_runs(
     )
     for run_id in (final, zoo_run):
         store.runs.end_run(run_id)
-    table = pd.read_csv(reports / "svhn" / "comparison.csv")
-    table.loc[table["model"] == "resnet101", "run_id"] = "b" * 32
-    table.to_csv(reports / "svhn" / "comparison.csv", index=False)
+    _name_zoo_run(reports, "b" * 32)
 
     links, _ = run_links(read_study(reports), params, "")
     assert (links["mnist_final"].run_id, links["mnist_final"].trained_in) == (final, "a" * 32)
