@@ -19,6 +19,9 @@ MLflow, registration) against the plain loop training the same recipe for the sa
 scoring what the flow's task scores (the training set, the test set and its changed copies of
 `digits.robustness`), with both test accuracies.
 
+Both sides run under the project's steady allocator (`digits.edges.allocator`, as every flow
+does): with glibc's default, the same loop's speed changed by half from one process to the next.
+
     python benchmarks/bench_zoo.py [--dataset mnist] [--models lenet5,resnet18] [--images 20000]
         [--device auto] [--loader-workers 8] [--stage]
 """
@@ -42,6 +45,7 @@ from torch import Tensor, nn
 
 from digits.config import Params, Recipe, load_params
 from digits.data.arrays import load_arrays
+from digits.edges.allocator import steady_allocator
 from digits.models import build_classifier
 from digits.robustness import robustness_scores
 from digits.training.augment import BatchTransform, make_augment
@@ -359,6 +363,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="batches not timed")
     parser.add_argument("--stage", action="store_true", help="also the whole flow vs plain loop")
     args = parser.parse_args()
+    steady = steady_allocator()  # as the flow's process has it, before any thread starts
 
     params = load_params(args.params)
     device = select_device(args.device)
@@ -372,7 +377,7 @@ def main() -> None:
     print(
         f"device: {device} ({where}), "
         f"torch {torch.__version__}, {args.dataset} ({len(images)} training images), "
-        f"DataLoader workers: {args.loader_workers}"
+        f"DataLoader workers: {args.loader_workers}, steady allocator: {steady}"
     )
     print(
         f"{'model':<10} {'batch':>5} {'plain':>9} {'engine':>9} {'+augment':>9} {'pil+loader':>10} "

@@ -30,6 +30,7 @@ from digits.edges import registry
 from digits.edges.dask_runner import (
     Placement,
     close_local_workers,
+    release_results,
     ship_prepared_data,
     task_slots,
 )
@@ -253,6 +254,7 @@ class Engine:
                 out.append(future.result())
             except Exception as error:
                 out.append(error)
+        release_results(futures)
         return out
 
     def record_final(self, run_id: str, result: FinalResult, extra: Mapping[str, float]) -> None:

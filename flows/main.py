@@ -209,11 +209,13 @@ def main(
         extra: Further options and their defaults (e.g. dataset="svhn").
     """
     from digits.config import load_params
+    from digits.edges.allocator import steady_allocator
     from digits.edges.exits import run_or_exit
     from digits.edges.interrupts import handle_interrupts
     from digits.edges.prefect_server import shared_prefect_api
     from digits.edges.terminal import set_verbose
 
+    steady_allocator()  # before any thread starts: a task may train in one (in-process worker)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument(

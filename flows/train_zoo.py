@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from digits.config import Params, Recipe, ZooConfig
 from digits.edges.dask_runner import Placement
 from digits.errors import DigitsError
 from digits.models import parse_args
-from digits.reports.zoo import ZooRow, comparison_table, write_zoo_report
+from digits.reports.drawing import FigureProcess
+from digits.reports.zoo import (
+    FIGURE_MODULE,
+    ZooRow,
+    comparison_table,
+    draw_zoo_figures,
+    write_zoo_report,
+)
 from digits.training.recipe import FinalResult
 from flows.engine import Engine
 from flows.main import main, models_folder
@@ -36,23 +44,24 @@ def concurrent_tasks(
     return None if search else len(params.zoo.train.get(dataset, [])) or None
 
 
+def _zoo_row(label: str, recipe: Recipe, run_id: str, result: FinalResult) -> ZooRow:
+    """A model's table row, before it is registered."""
+    spec = recipe.model
+    args = parse_args(spec.name, spec.args).model_dump()
+    return ZooRow.from_final(label, spec.name, args, result, run_id=run_id)
+
+
 def _record_model(
-    engine: Engine,
-    zoo: ZooConfig,
-    dataset: str,
-    label: str,
-    recipe: Recipe,
-    run_id: str,
-    result: FinalResult,
+    engine: Engine, zoo: ZooConfig, dataset: str, recipe: Recipe, row: ZooRow, result: FinalResult
 ) -> ZooRow:
-    """A model's final fit into its run, registered (promoted when better); its table row."""
-    engine.record_final(run_id, result, {"epochs": recipe.optim.epochs})
+    """A model's final fit into its run, registered (promoted when better); its row, registered."""
+    engine.record_final(row.run_id, result, {"epochs": recipe.optim.epochs})
     engine.tracking.runs.log_dict(
-        result.metrics.report, "classification_report.json", run_id=run_id
+        result.metrics.report, "classification_report.json", run_id=row.run_id
     )
-    name = f"{zoo.registered_model_prefix}-{dataset}-{label}"
+    name = f"{zoo.registered_model_prefix}-{dataset}-{row.label}"
     version, promoted = engine.register(
-        run_id,
+        row.run_id,
         result,
         name,
         {
@@ -63,7 +72,7 @@ def _record_model(
     )
     engine.logger.info(
         "%s: test accuracy %.4f, %d parameters, %.0f images/s; %s v%s%s",
-        label,
+        row.label,
         result.metrics.accuracy,
         result.parameters,
         result.images_per_second,
@@ -71,15 +80,60 @@ def _record_model(
         version,
         " (now champion)" if promoted else "",
     )
-    spec = recipe.model
-    return ZooRow.from_final(
-        label,
-        spec.name,
-        parse_args(spec.name, spec.args).model_dump(),
-        result,
-        registered=f"{name} v{version}",
-        run_id=run_id,
+    return replace(row, registered=f"{name} v{version}")
+
+
+def _record_models(
+    engine: Engine,
+    params: Params,
+    dataset: str,
+    recipes: dict[str, Recipe],
+    submitted: dict[str, tuple[Any, str]],
+    results: list[FinalResult | BaseException],
+    out_dir: Path,
+    figures: FigureProcess,
+) -> tuple[list[ZooRow], dict[str, str]]:
+    """The finished models recorded, registered and reported; (their rows, label -> failure).
+
+    The figures are sent to `figures` first: drawn while the models are registered.
+    """
+    finished: dict[str, tuple[ZooRow, FinalResult]] = {}
+    failures = {}
+    for (label, (_, run_id)), result in zip(submitted.items(), results, strict=True):
+        if isinstance(result, BaseException):
+            failures[label] = f"{type(result).__name__}: {result}"
+            engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
+            engine.logger.warning("%s failed: %s", label, failures[label])
+            continue
+        finished[label] = (_zoo_row(label, recipes[label], run_id, result), result)
+    if not finished:
+        raise DigitsError(f"every zoo model failed on {dataset}: {failures}")
+    confusions = {label: result.metrics.confusion for label, (_, result) in finished.items()}
+    histories = {label: result.history for label, (_, result) in finished.items()}
+    synthetic = engine.data.is_synthetic()
+    unregistered = [row for row, _ in finished.values()]
+    drawn = draw_zoo_figures(
+        out_dir, dataset, unregistered, confusions, histories, synthetic, process=figures
     )
+    rows = [
+        _record_model(engine, params.zoo, dataset, recipes[label], row, result)
+        for label, (row, result) in finished.items()
+    ]
+    paths = write_zoo_report(
+        out_dir, dataset, rows, confusions, histories, synthetic, params.profile, draw=False
+    )
+    table = comparison_table(rows)
+    engine.tracking.runs.log_table(table, "comparison.json")
+    create_table_artifact(
+        table=table.round(5).to_dict(orient="records"),
+        key=f"zoo-{dataset}",
+        description=f"Classifier zoo on {dataset}{' (synthetic)' if synthetic else ''}",
+    )
+    for path in set(paths.values()) - set(drawn.values()):
+        engine.tracking.runs.log_artifact(path, artifact_path="report")
+    for path in figures.wait():
+        engine.tracking.runs.log_artifact(path, artifact_path="report")
+    return rows, failures
 
 
 @flow(name="train-zoo")
@@ -115,8 +169,13 @@ def train_zoo(
     synthetic = data.is_synthetic()
     recipes = {label: zoo.recipe(label) for label in labels}
     run_name = f"zoo-{dataset}-{params.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with engine.tracking.runs.start_run(
-        experiment, run_name, params={"models": ",".join(labels)}, tags=engine.tags
+    # The figures' process imports matplotlib while the models train, and draws while the flow
+    # registers them.
+    with (
+        engine.tracking.runs.start_run(
+            experiment, run_name, params={"models": ",".join(labels)}, tags=engine.tags
+        ),
+        FigureProcess(FIGURE_MODULE) as figures,
     ):
         engine.log_dataset("train")
         if search:
@@ -128,31 +187,9 @@ def train_zoo(
             for label, recipe in recipes.items()
         }
         results = engine.wait_final([future for future, _ in submitted.values()])
-        rows: list[ZooRow] = []
-        confusions, histories, failures = {}, {}, {}
-        for (label, (_, run_id)), result in zip(submitted.items(), results, strict=True):
-            if isinstance(result, BaseException):
-                failures[label] = f"{type(result).__name__}: {result}"
-                engine.tracking.runs.end_run(run_id, "FAILED", {"failure_reason": failures[label]})
-                engine.logger.warning("%s failed: %s", label, failures[label])
-                continue
-            rows.append(_record_model(engine, zoo, dataset, label, recipes[label], run_id, result))
-            confusions[label] = result.metrics.confusion
-            histories[label] = result.history
-        if not rows:
-            raise DigitsError(f"every zoo model failed on {dataset}: {failures}")
-        paths = write_zoo_report(
-            out_dir, dataset, rows, confusions, histories, synthetic, params.profile
+        rows, failures = _record_models(
+            engine, params, dataset, recipes, submitted, results, out_dir, figures
         )
-        table = comparison_table(rows)
-        engine.tracking.runs.log_table(table, "comparison.json")
-        create_table_artifact(
-            table=table.round(5).to_dict(orient="records"),
-            key=f"zoo-{dataset}",
-            description=f"Classifier zoo on {dataset}{' (synthetic)' if synthetic else ''}",
-        )
-        for path in paths.values():
-            engine.tracking.runs.log_artifact(path, artifact_path="report")
     engine.close()
     return {
         "dataset": dataset,

@@ -146,6 +146,41 @@ def test_stratified_subset_keeps_class_shares_and_is_sorted() -> None:
     np.testing.assert_array_equal(stratified_subset(labels, 500, seed=0), np.arange(500))
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [50] * 10,  # balanced: every class ties on its remainder
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],  # MNIST's training set
+        [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659],  # SVHN's
+        [2, 3, 7, 40, 41, 9, 2, 2, 11, 300],  # skewed, small classes
+    ],
+)
+def test_stratified_subset_draws_what_scikit_learn_draws(counts: list[int]) -> None:
+    from sklearn.model_selection import train_test_split
+
+    labels = np.random.default_rng(len(counts) + sum(counts)).permutation(
+        np.repeat(np.arange(len(counts)), counts)
+    )
+    for size in (10, 11, 37, 100, 333, len(labels) // 2, len(labels) - 10):
+        for seed in (0, 1, 7, 12345):
+            expected, _ = train_test_split(
+                np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
+            )
+            np.testing.assert_array_equal(
+                stratified_subset(labels, size, seed), np.sort(expected), f"{size=} {seed=}"
+            )
+
+
+def test_stratified_subset_refuses_what_scikit_learn_refuses() -> None:
+    labels = np.repeat(np.arange(10), 50)
+    with pytest.raises(ValueError, match="fewer than 2 samples"):
+        stratified_subset(np.append(labels, 10), 100, seed=0)
+    with pytest.raises(ValueError, match="fewer than one per class"):
+        stratified_subset(labels, 9, seed=0)
+    with pytest.raises(ValueError, match="fewer than one per class"):
+        stratified_subset(labels, 495, seed=0)
+
+
 def test_load_arrays_takes_stratified_subsets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

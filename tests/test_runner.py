@@ -113,14 +113,17 @@ def test_a_worker_takes_the_threads_its_placement_gave_it(monkeypatch: pytest.Mo
         torch.set_num_threads(before)
 
 
-def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_workers_start_with_the_steady_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
     import copy
 
     import dask
     from distributed import Client, LocalCluster
 
+    from digits.edges.allocator import ALLOCATOR_ENV
+
     monkeypatch.delenv("DIGITS_DASK_ADDRESS", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    for name in ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
     saved = copy.deepcopy(dask.config.config)
     try:
         runner = task_runner(ComputeConfig(device="cpu", cpu_workers=1))
@@ -130,7 +133,8 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPat
         ):
             worker_env = client.run(lambda: dict(__import__("os").environ))
         [env] = worker_env.values()
-        assert "MALLOC_TRIM_THRESHOLD_" not in env
+        # Dask's own MALLOC_TRIM_THRESHOLD_ (64 KiB) is replaced, before the process starts.
+        assert {name: env.get(name) for name in ALLOCATOR_ENV} == ALLOCATOR_ENV
     finally:
         dask.config.config.clear()
         dask.config.config.update(saved)

@@ -90,17 +90,55 @@ class DatasetArrays:
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a class-stratified subset of `size` samples (all indices when None)."""
+    """Sorted indices of a class-stratified subset of `size` samples (all indices when None).
+
+    The same indices as scikit-learn's ``train_test_split(np.arange(n), train_size=size,
+    stratify=labels, random_state=seed)`` (its `StratifiedShuffleSplit`, BSD-3-Clause), drawn
+    here with the same random calls in the same order: importing scikit-learn brings SciPy's
+    statistics, a second of start-up that a small stage spends on nothing else.
+    `tests/test_arrays.py` holds the two to the same indices.
+
+    Raises:
+        ValueError: a class with fewer than 2 samples, or fewer samples kept (or left out)
+            than there are classes, as scikit-learn refuses them.
+    """
     if size is None or size >= len(labels):
         return np.arange(len(labels))
-    # Imported here: scikit-learn brings SciPy's statistics, seconds of start-up that a stage on
-    # the whole data set has no use for.
-    from sklearn.model_selection import train_test_split
+    n_train, n_test = int(size), len(labels) - int(size)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"classes {classes[counts < 2].tolist()} have fewer than 2 samples")
+    if min(n_train, n_test) < len(classes):
+        raise ValueError(
+            f"a subset of {n_train} of {len(labels)} samples keeps or leaves out fewer than "
+            f"one per class ({len(classes)} classes)"
+        )
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    kept = _approximate_mode(counts, n_train, rng)
+    _approximate_mode(counts - kept, n_test, rng)  # its ties draw from `rng`, as sklearn's do
+    chosen = [
+        members.take(rng.permutation(len(members)))[:k]
+        for members, k in zip(by_class, kept, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
 
-    chosen, _ = train_test_split(
-        np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
-    )
-    return np.sort(chosen)
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Samples per class of `draws` drawn from `counts`, ties broken by `rng` (sklearn's rule)."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add = min(len(tied), need)
+            floored[rng.choice(tied, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 @functools.lru_cache(maxsize=2)

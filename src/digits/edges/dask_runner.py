@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from digits.config import ComputeConfig
+from digits.edges.allocator import ALLOCATOR_ENV
 from digits.errors import DigitsError
 
 WORKER_THREADS_ENV = "DIGITS_WORKER_THREADS"
@@ -146,18 +148,22 @@ def plain_tcp_warning(address: str) -> str | None:
     return None
 
 
-def keep_malloc_adaptive() -> None:
-    """Start local Dask workers without the ``MALLOC_TRIM_THRESHOLD_`` Dask gives them.
+def steady_worker_allocator() -> None:
+    """Start local Dask workers with the project's steady allocator (`digits.edges.allocator`).
 
-    Dask sets it so that workers hand freed memory back sooner. Setting any ``MALLOC_*`` value
-    turns off glibc's adaptive mmap threshold (mallopt(3)), so every tensor above 128 KiB is
-    mapped and page-faulted afresh at every batch: LeNet-5 trained at ~6,400 images/s in such a
-    worker against ~14,000 without it, on the same 2-core CPU (`benchmarks/bench_zoo.py`). A
-    worker here holds one training task at a time; giving memory back early buys nothing.
+    Dask gives each worker ``MALLOC_TRIM_THRESHOLD_`` (so that it hands freed memory back
+    sooner), which turns off glibc's adaptive mmap threshold: every tensor above 128 KiB was
+    mapped and page-faulted afresh at every batch, and LeNet-5 trained at ~6,400 images/s in such
+    a worker against ~14,000 without it. The three settings of `ALLOCATOR_ENV` replace it; they
+    go through Dask's pre-spawn environment, the only one set before the worker process starts
+    (its ``env`` is applied inside the worker, after glibc has read its settings). A worker here
+    holds one training task at a time: giving memory back early buys nothing.
     """
     import dask
 
-    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+    dask.config.set(
+        {f"distributed.nanny.pre-spawn-environ.{name}": v for name, v in ALLOCATOR_ENV.items()}
+    )
 
 
 def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> Any:
@@ -187,7 +193,7 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
                 "dashboard_address": None,
             },
         )
-    keep_malloc_adaptive()
+    steady_worker_allocator()
     if placement.kind == "cuda":
         try:
             import dask_cuda  # noqa: F401
@@ -290,6 +296,19 @@ def close_local_workers(task_runner: Any, timeout_s: float = WORKER_EXIT_S) -> N
         )
 
     cluster.sync(close_all)
+
+
+def release_results(futures: Iterable[Any]) -> None:
+    """Let the cluster forget the results of `futures`, already read (Prefect keeps its copy).
+
+    A local worker still holding one when the flow closes it made the scheduler warn that it
+    "caused the cluster to lose already computed task(s), which will be recomputed elsewhere":
+    nothing is recomputed, and the warning was the last line of a finished stage.
+    """
+    for future in futures:
+        wrapped = getattr(future, "wrapped_future", None)
+        if wrapped is not None and hasattr(wrapped, "release"):
+            wrapped.release()
 
 
 def is_dask_runner(task_runner: Any) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from digits.files import save_figure_atomic, write_text_atomic
-from digits.robustness import CLEAN, FAMILIES, ROBUST_PREFIX, Perturbation, perturbations
+from digits.perturbations import CLEAN, FAMILIES, ROBUST_PREFIX, Perturbation, perturbations
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

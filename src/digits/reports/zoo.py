@@ -3,7 +3,8 @@
 Everything here is a pure function of results already computed; the zoo flow calls
 `write_zoo_report` once per data set, after every model has been trained, scored and registered.
 The study's own content (its rows, the original's Table 2, the findings) lives in
-`digits.studies.svhn_zoo`, the figures in `digits.reports.zoo_figures`.
+`digits.studies.svhn_zoo`, REPORT.md's text in `digits.reports.zoo_markdown`, the figures in
+`digits.reports.zoo_figures`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from digits.files import save_figure_atomic, write_text_atomic
+from digits.files import write_text_atomic
 from digits.metrics import confusion_records
-from digits.reports.robustness import robustness_table, scored_perturbations
-from digits.studies.svhn_zoo import (
-    ORIGINAL_TABLE2,
-    OUR_AUGMENTATION,
-    ZooRow,
-    dataset_name,
-    findings,
-    ranked,
-)
+from digits.reports.drawing import FigureProcess, draw_figures
+from digits.reports.robustness import scored_perturbations
+from digits.reports.zoo_markdown import zoo_markdown
+from digits.studies.svhn_zoo import ORIGINAL_TABLE2, OUR_AUGMENTATION, ZooRow, findings
 
 __all__ = [
     "COLUMNS",
+    "FIGURE_MODULE",
     "ORIGINAL_TABLE2",
     "OUR_AUGMENTATION",
     "RESERVED_KEYS",
     "ZooRow",
     "comparison_table",
+    "draw_zoo_figures",
     "findings",
     "write_zoo_report",
     "zoo_markdown",
@@ -61,6 +59,8 @@ COLUMNS = [
     "registered",
 ]
 RESERVED_KEYS = ("best", "synthetic", "profile")
+# Where the zoo's figures are drawn (`zoo_figures`): what a `FigureProcess` for them imports.
+FIGURE_MODULE = "digits.reports.zoo_figures"
 
 
 def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
@@ -106,175 +106,6 @@ def comparison_table(rows: Sequence[ZooRow]) -> pd.DataFrame:
     )
 
 
-# ----------------------------------------------------------------------------- REPORT.md
-
-
-def _relative(value: float, reference: float) -> str:
-    return f"{value - reference:+.4f}"
-
-
-def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(cells) + " |" for cells in body),
-    ]
-
-
-def _input_size(row: ZooRow) -> str:
-    size = row.args.get("image_size")
-    return f"{size}×{size}" if size else "native"
-
-
-def _results_table(rows: Sequence[ZooRow]) -> list[str]:
-    header = [
-        "model",
-        "architecture",
-        "pretrained",
-        "input",
-        "accuracy",
-        "precision",
-        "recall",
-        "F1",
-        "parameters",
-        "train acc.",
-        "gap",
-        "train s",
-        "images/s",
-        "epochs",
-        "registered",
-    ]
-    body = [
-        [
-            r.label,
-            r.model,
-            "yes" if r.args.get("pretrained", False) else "no",
-            _input_size(r),
-            f"{r.accuracy:.4f}",
-            f"{r.precision:.4f}",
-            f"{r.recall:.4f}",
-            f"{r.f1:.4f}",
-            f"{r.parameters:,}",
-            f"{r.train_accuracy:.4f}",
-            f"{r.gap:+.4f}",
-            f"{r.train_seconds:.1f}",
-            f"{r.images_per_second:,.0f}",
-            str(r.epochs),
-            r.registered or "—",
-        ]
-        for r in ranked(rows)
-    ]
-    return _markdown_table(header, body)
-
-
-def _original_table(rows: Sequence[ZooRow], synthetic: bool, augmentation: str) -> list[str]:
-    """Table 2 of the original study next to every model of ours, best first."""
-    o = ORIGINAL_TABLE2
-    order = ranked(rows)
-    header = ["", "model", "input", "augmentation", "accuracy", "precision", "recall", "F1"]
-    body = [
-        [
-            "original study",
-            o["model"],
-            f"{o['image_size']}×{o['image_size']}",
-            o["augmentation"],
-            *(f"{o[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1")),
-        ]
-    ]
-    body += [
-        [
-            "this project",
-            r.label,
-            _input_size(r),
-            augmentation,
-            f"{r.accuracy:.4f}",
-            f"{r.precision:.4f}",
-            f"{r.recall:.4f}",
-            f"{r.f1:.4f}",
-        ]
-        for r in order
-    ]
-    lines = [
-        "### Against the original study (Table 2)",
-        "",
-        *_markdown_table(header, body),
-        "",
-        "Precision, recall and F1 are macro averages over the ten classes.",
-    ]
-    same = [r for r in rows if r.model == "resnet101"]
-    if same:
-        ours = same[0]
-        lines.append(
-            f"Our {ours.label} against the original ResNet-101: accuracy "
-            f"{_relative(ours.accuracy, o['accuracy'])}, F1 {_relative(ours.f1, o['f1'])}."
-        )
-    best = order[0]
-    if best.model != "resnet101":
-        lines.append(
-            f"Our best model ({best.label}) against the original ResNet-101: accuracy "
-            f"{_relative(best.accuracy, o['accuracy'])}, F1 {_relative(best.f1, o['f1'])}."
-        )
-    if synthetic:
-        lines.append(
-            "These differences compare generated images with real SVHN: they mean nothing."
-        )
-    return lines
-
-
-def zoo_markdown(
-    dataset: str,
-    rows: Sequence[ZooRow],
-    figures: Mapping[str, str],
-    synthetic: bool,
-    profile: str,
-    augmentation: str = OUR_AUGMENTATION,
-) -> str:
-    """REPORT.md's text: which model suits `dataset` and why, from the measured numbers only.
-
-    Args:
-        dataset: "svhn" or "mnist"; the original study's Table 2 is shown for "svhn" only.
-        rows: One per model.
-        figures: Caption -> path relative to REPORT.md.
-        synthetic: The images were generated, not the real data set: a warning heads the text.
-        profile: The params.yaml profile the run used.
-        augmentation: How our models' training images were augmented, for the Table 2 comparison.
-    """
-    name = dataset_name(dataset)
-    lines = [f"## Classifier zoo on {name}: which model suits it and why", ""]
-    if synthetic:
-        lines += [
-            f"**Warning: trained on generated {name}-format images, not real {name}: "
-            f"the numbers say nothing about {name}.**",
-            "",
-        ]
-    lines += [
-        f"{len(rows)} model{'s' if len(rows) != 1 else ''}, profile `{profile}`, scored once on "
-        "the test set after training on every training image. The gap is train minus test "
-        "accuracy.",
-        "",
-        *findings(rows, dataset),
-        "",
-        *_results_table(rows),
-        "",
-    ]
-    if dataset == "svhn":
-        lines += [*_original_table(rows, synthetic, augmentation), ""]
-    robust = {r.label: r.robustness for r in ranked(rows) if r.robustness}
-    if robust:
-        lines += [
-            "### Robustness",
-            "",
-            "Test accuracy on changed copies of the test set (`digits.robustness`); `clean` is "
-            "the test set unchanged.",
-            "",
-            robustness_table(robust),
-        ]
-    lines += ["### Figures", ""]
-    for caption, path in figures.items():
-        lines += [f"![{caption}]({path})", ""]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -299,6 +130,49 @@ def _check(
         missing = [label for label in labels if label not in given]
         if missing:
             raise ValueError(f"no {what} for zoo models {missing}")
+
+
+def draw_zoo_figures(
+    out_dir: Path,
+    dataset: str,
+    rows: Sequence[ZooRow],
+    confusions: Mapping[str, np.ndarray],
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    synthetic: bool,
+    process: FigureProcess | None = None,
+) -> dict[str, Path]:
+    """Draw the report's figures under ``<out_dir>/zoo/figures/`` (`write_zoo_report`'s args).
+
+    Nothing a figure shows depends on a row's registry entry, so they may be drawn before the
+    models are registered.
+
+    Args:
+        process: A `FigureProcess` of `FIGURE_MODULE`: the figures are sent to it, drawn while
+            the caller goes on, and written once its `wait` returns. None draws them here.
+
+    Returns:
+        The figures' paths by role (those of `write_zoo_report`'s paths that are figures).
+    """
+    _check(rows, confusions, histories)
+    folder = out_dir / "zoo" / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    every = _report_paths(out_dir, rows)
+    paths = {key: path for key, path in every.items() if path.parent == folder}
+    for row in rows:  # each depth read here, where torch is: the figures' process imports none
+        row.depth  # noqa: B018
+    job: dict[str, Any] = {
+        "dataset": dataset,
+        "rows": list(rows),
+        "confusions": dict(confusions),
+        "histories": dict(histories),
+        "synthetic": synthetic,
+    }
+    # matplotlib is imported where the figures are drawn, not with the flow that writes them.
+    if process is None:
+        draw_figures(FIGURE_MODULE, "zoo_figures", paths, **job)
+    else:
+        process.submit("zoo_figures", paths, **job)
+    return paths
 
 
 def _report_paths(out_dir: Path, rows: Sequence[ZooRow]) -> dict[str, Path]:
@@ -380,6 +254,7 @@ def write_zoo_report(
     synthetic: bool,
     profile: str,
     augmentation: str = OUR_AUGMENTATION,
+    draw: bool = True,
 ) -> dict[str, Path]:
     """Write comparison.csv and zoo/{metrics.json, learning_curves.csv, REPORT.md, figures/}.
 
@@ -395,6 +270,8 @@ def write_zoo_report(
         synthetic: The images were generated: REPORT.md warns and every figure title says so.
         profile: The params.yaml profile the run used.
         augmentation: How our training images were augmented, for the Table 2 comparison.
+        draw: Draw the figures here (`draw_zoo_figures`); False when the caller has them
+            drawn elsewhere, as the flow does while it registers the models.
 
     Returns:
         The written paths by role: comparison, metrics, learning_curves, report,
@@ -414,11 +291,8 @@ def write_zoo_report(
     write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2, default=float) + "\n")
     _write_curves(zoo, paths["learning_curves"], rows, confusions, histories)
 
-    # matplotlib is imported once the figures are drawn, not with the flow that writes them.
-    from digits.reports.zoo_figures import zoo_figures
-
-    for key, figure in zoo_figures(dataset, rows, confusions, histories, synthetic):
-        save_figure_atomic(figure, paths[key], dpi=120)
+    if draw:
+        draw_zoo_figures(out_dir, dataset, rows, confusions, histories, synthetic)
 
     captions = {
         "Test accuracy vs trainable parameters": paths["accuracy_vs_parameters"],

@@ -9,12 +9,12 @@ Depth is the registry's fact (`ModelEntry.weight_layers`), not a table kept here
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from digits.errors import DigitsError
-from digits.models import model_entry
 
 if TYPE_CHECKING:
     from digits.training.recipe import FinalResult
@@ -41,6 +41,9 @@ def weight_layers(model: str, args: Mapping[str, Any]) -> int | None:
     ResNet-101). Arguments the architecture does not take (a `comparison.csv` records the zoo's
     columns for every model) are left out; None for an unregistered or badly argued model.
     """
+    # Imported here: the registry brings torch, which the reports and figures need only here.
+    from digits.models import model_entry
+
     try:
         entry = model_entry(model)
         own = {key: value for key, value in args.items() if key in entry.args.model_fields}
@@ -124,10 +127,14 @@ class ZooRow:
         """Train minus test accuracy: how much better the model does on images it has seen."""
         return self.train_accuracy - self.accuracy
 
-    @property
+    @functools.cached_property
     def depth(self) -> int | None:
         """Weight layers on the longest path, as its registration counts them; None for an
-        architecture not registered."""
+        architecture not registered.
+
+        Kept once read, and pickled with the row: a process that draws the row's figures then
+        needs neither the model registry nor torch.
+        """
         return weight_layers(self.model, self.args)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from digits.perturbations import CLEAN, ROBUST_PREFIX
 from digits.reports.robustness import (
     RobustnessRecord,
     mean_changed_accuracy,
@@ -30,7 +31,6 @@ from digits.reports.study.files import (
     markdown_table,
 )
 from digits.reports.study.zoo import zoo_rows
-from digits.robustness import CLEAN, ROBUST_PREFIX
 from digits.studies.svhn_zoo import weight_layers
 
 ROBUSTNESS_FIGURE = "figures/robustness.png"
