@@ -9,13 +9,13 @@ their log lines split the fixed cost into:
 
 * start: process start to the flow run's first line (Python and library imports, finding or
   starting the Prefect server, creating the flow run);
-* cluster: the flow's first line to its placement line (the Dask cluster and its workers,
-  opening the MLflow store);
+* cluster: the flow's first line to its placement line (the task runner: for this one-task
+  stage Prefect's thread pool, no Dask cluster; opening the MLflow store);
 * task: the placement line to the training task's end, less its training seconds (submitting
   the task, the worker loading the arrays, scoring the training and test sets);
 * record: the task's end to the flow run's last line (MLflow metrics, registration, promotion,
-  the report and Prefect artifacts);
-* shutdown: the flow's last line to the process's exit (closing the cluster and its workers).
+  the report and Prefect artifacts; the figures are drawn meanwhile by a child process);
+* shutdown: the flow's last line to the process's exit.
 
 `imports` is measured apart: `import flows.train_zoo` in a fresh process.
 

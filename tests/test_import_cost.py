@@ -4,7 +4,8 @@ Importing torchvision imports all of it (detection ops through `torch._dynamo`, 
 scikit-learn imports SciPy's statistics, and matplotlib its font and colour machinery: seconds of
 every stage's start (see README, "Fixed cost of a stage"). The flow imports them where they are
 used: torchvision when an ImageNet model is built, scikit-learn when a subset or folds are drawn,
-matplotlib when a figure is drawn.
+matplotlib when a figure is drawn (in a process of its own), Dask's `distributed` only when a
+stage's tasks run on a Dask cluster (one task runs in a thread of the flow's process).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KEPT_OUT = ("torchvision", "torch._dynamo", "sklearn", "scipy.stats", "matplotlib")
+KEPT_OUT = ("torchvision", "torch._dynamo", "sklearn", "scipy.stats", "matplotlib", "distributed")
 
 
 def test_importing_the_zoo_flow_leaves_the_heavy_libraries_out() -> None:

@@ -35,7 +35,7 @@ class Placement:
     workers: int
     address: str | None = None
     threads: int = 1  # torch threads in each CPU worker
-    in_process: bool = False  # one task at a time: its worker is a thread of the flow's process
+    in_process: bool = False  # one task at a time, in a thread of the flow's process (no Dask)
 
     def describe(self) -> str:
         if self.kind == "address":
@@ -43,7 +43,7 @@ class Placement:
         if self.kind == "cuda":
             return f"{self.workers} GPU worker(s), one per GPU (LocalCUDACluster)"
         if self.in_process:
-            return f"1 CPU worker in the flow's process, {self.threads} thread(s) (LocalCluster)"
+            return f"1 task in a thread of the flow's process, {self.threads} torch thread(s)"
         return f"{self.workers} CPU worker process(es) of {self.threads} thread(s) (LocalCluster)"
 
 
@@ -167,10 +167,19 @@ def steady_worker_allocator() -> None:
 
 
 def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> Any:
-    """A `prefect_dask.DaskTaskRunner` for the placement `plan_placement` chooses."""
+    """The task runner for the placement `plan_placement` chooses: a `prefect_dask.DaskTaskRunner`,
+    or Prefect's thread pool for a placement of one task in the flow's process."""
+    placement = placement or plan_placement(compute)
+    if placement.in_process:
+        # One task, in a thread of the flow's process: Prefect's own thread pool does that
+        # without Dask's import, cluster, event loop and shutdown (half a second of a small
+        # stage). The task's torch threads: `configure_worker_threads` reads them here.
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        os.environ[WORKER_THREADS_ENV] = str(placement.threads)
+        return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
-    placement = placement or plan_placement(compute)
     if placement.kind == "address":
         assert placement.address is not None
         security = dask_security(compute, placement.address)
@@ -180,18 +189,6 @@ def task_runner(compute: ComputeConfig, placement: Placement | None = None) -> A
         return DaskTaskRunner(
             address=placement.address,
             client_kwargs={"security": security} if security is not None else {},
-        )
-    if placement.in_process:
-        # The task's torch threads (`configure_worker_threads` reads them in this process).
-        os.environ[WORKER_THREADS_ENV] = str(placement.threads)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": 1,
-                "threads_per_worker": 1,
-                "processes": False,  # Dask's in-process transport: nothing listens on a port
-                "dashboard_address": None,
-            },
         )
     steady_worker_allocator()
     if placement.kind == "cuda":
