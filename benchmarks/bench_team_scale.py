@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -152,11 +153,20 @@ def team_part(args: argparse.Namespace, state: Path) -> tuple[list[dict], list[d
     return curve, probe
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def local_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 2: the sweep at 1 and 8 workers on the local services, in a temporary project."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "prefect"
         env = child_env(PREFECT_HOME=str(home), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+        # A port of its own: a project's server already up on Prefect's default one is not this
+        # temporary project's, and the sweep would refuse to record into it.
+        env["PREFECT_SERVER_API_PORT"] = str(_free_port())
         try:
             return run_child(
                 "scale_sweep.py", env, *sweep_args(args, [1, 8]), "--artifacts", f"{tmp}/artifacts"

@@ -244,6 +244,26 @@ def test_team_services_are_up_and_bound_to_the_server_address(team: Hosts) -> No
     # A second `up` finds every service up and starts nothing.
     again = team.team("up")
     assert again.returncode == 0 and again.stdout.count("already up") == 5, again.stdout
+    # Room for many recorders at once: MLflow's pools sized to its request threads, and
+    # PostgreSQL's connections to hold them all (the default pool failed at 64 recorders).
+    from digits.edges.team.layout import load_layout
+    from digits.edges.team.stack import (
+        MLFLOW_POOL,
+        MLFLOW_POOL_OVERFLOW,
+        POSTGRES_CONNECTIONS,
+        _psql,
+        service_pid,
+        services,
+    )
+
+    layout = load_layout(team.project / ".team")
+    assert layout is not None
+    assert _psql(layout, "show max_connections") == str(POSTGRES_CONNECTIONS)
+    [mlflow] = [service for service in services() if service.name == "mlflow"]
+    pid = service_pid(layout, mlflow)
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={MLFLOW_POOL}".encode() in environ
+    assert f"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW={MLFLOW_POOL_OVERFLOW}".encode() in environ
 
 
 def _flow(hosts: Hosts, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -35,6 +35,11 @@ from digits.edges.team.layout import (
 from digits.errors import DigitsError
 
 START_TIMEOUT_S = 90.0
+# The MLflow server's connections to PostgreSQL: each of its 2 web workers holds 3 engines
+# (tracking, registry, users), each up to 10 + 30 connections (40, its request threads), so 240 at
+# most; Prefect's server up to 15 more. PostgreSQL's default of 100 is raised to fit them all.
+MLFLOW_POOL, MLFLOW_POOL_OVERFLOW = 10, 30
+POSTGRES_CONNECTIONS = 300
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def start_postgres(layout: TeamLayout, secrets: Secrets) -> int | None:
     data, socket_dir = _postgres_dirs(layout)
     options = (
         f"-c listen_addresses={layout.host} -c port={layout.ports.postgres} "
-        f"-c unix_socket_directories={socket_dir}"
+        f"-c unix_socket_directories={socket_dir} -c max_connections={POSTGRES_CONNECTIONS}"
     )
     log = layout.path("logs", "postgres.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +300,11 @@ def start_mlflow(layout: TeamLayout, secrets: Secrets) -> int | None:
         "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.mlflow_admin_password,
         # GenAI job runners: ~3 GB in 15 processes that the study never uses.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # Each web worker runs up to 40 requests at once (its thread pool); SQLAlchemy's default
+        # pool (5, overflow 10) refused the 16th: 64 recorders at once failed with "QueuePool
+        # limit of size 5 overflow 10 reached". See POSTGRES_CONNECTIONS.
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(MLFLOW_POOL),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(MLFLOW_POOL_OVERFLOW),
     }
     return start_daemon("mlflow", command, layout.state, env)
 
